@@ -1,0 +1,5 @@
+"""Errors a user can cause: each says what is wrong in one line."""
+
+
+class MarketplaceError(Exception):
+    """Base class of every error the library raises on bad input."""

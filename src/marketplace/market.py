@@ -1,0 +1,239 @@
+"""A market: a model split into specs, each spec offered by several vendors.
+
+The base weights live in ordinary `nn.Module`s (one per spec); vendors exist
+only as deltas for the length of one step. `Market.evaluate` runs every path
+through every vendor as one batched computation per spec: the vendors'
+weights are stacked and `torch.func.vmap` maps `functional_call` over them
+(conv layers become one wide or one grouped convolution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .errors import MarketplaceError
+from .vendors import Vendors
+
+
+class MarketError(MarketplaceError):
+    """The market does not fit the model or the input."""
+
+
+@dataclass(frozen=True)
+class SpecLayout:
+    """Where each parameter of a spec sits in its flat vector (sorted by name)."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    offsets: tuple[int, ...]
+    numel: int
+
+    @classmethod
+    def of(cls, module: nn.Module) -> "SpecLayout":
+        params = sorted(module.named_parameters(), key=lambda kv: kv[0])
+        names = tuple(n for n, _ in params)
+        shapes = tuple(p.shape for _, p in params)
+        offsets, total = [], 0
+        for _, p in params:
+            offsets.append(total)
+            total += p.numel()
+        return cls(names, shapes, tuple(offsets), total)
+
+    def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[..., numel] -> {name: [..., *shape]} views."""
+        lead = flat.shape[:-1]
+        return {
+            n: flat[..., o : o + s.numel()].reshape(*lead, *s)
+            for n, s, o in zip(self.names, self.shapes, self.offsets)
+        }
+
+
+@dataclass
+class MarketOutput:
+    """Final products of every evaluated path.
+
+    products: [P, B, ...] (logits for a classifier); paths: int64 [P, N], the
+    vendor chosen at each of the N specs for product p.
+    """
+
+    products: torch.Tensor
+    paths: torch.Tensor
+
+
+def _refuse_batch_statistics(k: int, spec: nn.Module) -> None:
+    for name, module in spec.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            where = f"spec {k}" + (f" ({name})" if name else "")
+            raise MarketError(
+                f"{where} is a {type(module).__name__}: its batch statistics and running averages "
+                "mix the market's products, most of which are discarded (ALGORITHM.md section 9); "
+                "use InstanceNorm, GroupNorm or LayerNorm instead"
+            )
+
+
+def _as_list(value: int | Sequence[int], n: int, what: str) -> list[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n:
+        raise MarketError(f"{what} has {len(values)} entries but the market has {n} specs")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise MarketError(f"{what} must be integers, got {values}")
+    return values
+
+
+class Market(nn.Module):
+    """A model as N specs, with M_k vendors each and upstream sampling S_k.
+
+    specs: one `nn.Module` per spec, applied in order; each must compute a
+    function of its parameters and its input only (no running buffers).
+    vendors: M_k per spec (or one int for all). sampling: S_k per spec, how
+    many upstream products each vendor of spec k consumes; 0 = all of them.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[nn.Module],
+        vendors: int | Sequence[int],
+        sampling: int | Sequence[int] = 0,
+    ):
+        super().__init__()
+        specs = list(specs)
+        if not specs:
+            raise MarketError("a market needs at least one spec")
+        for k, spec in enumerate(specs):
+            if not isinstance(spec, nn.Module):
+                raise MarketError(f"spec {k} is a {type(spec).__name__}, not an nn.Module")
+            _refuse_batch_statistics(k, spec)
+        self.specs = nn.ModuleList(specs)
+        self.vendor_counts = tuple(_as_list(vendors, len(specs), "vendors"))
+        self.sampling = tuple(_as_list(sampling, len(specs), "sampling"))
+        if any(m < 1 for m in self.vendor_counts):
+            raise MarketError(f"every spec needs at least 1 vendor, got {list(self.vendor_counts)}")
+        if any(s < 0 for s in self.sampling):
+            raise MarketError(f"upstream sampling must be >= 0 (0 = all), got {list(self.sampling)}")
+        if self.sampling[0]:
+            raise MarketError("spec 0 reads the input, not upstream products: its sampling must be 0")
+        upstream = self.vendor_counts[0]
+        for k in range(1, len(specs)):
+            s = self.sampling[k]
+            if s > upstream:
+                raise MarketError(
+                    f"spec {k} samples {s} upstream products but spec {k - 1} makes only {upstream}"
+                )
+            upstream = self.vendor_counts[k] * (s or upstream)
+        self.layouts = tuple(SpecLayout.of(spec) for spec in specs)
+
+    # -- shape of the market -------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        return len(self.specs)
+
+    def num_products(self) -> list[int]:
+        """P_k, the number of products after each spec."""
+        counts, upstream = [], 1
+        for m, s in zip(self.vendor_counts, self.sampling):
+            upstream = m * (s or upstream)
+            counts.append(upstream)
+        return counts
+
+    @property
+    def num_paths(self) -> int:
+        return self.num_products()[-1]
+
+    # -- base weights --------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The leader path: the base weights, no perturbation (inference)."""
+        for k, spec in enumerate(self.specs):
+            x = self._call(k, lambda inp: spec(inp), x)
+        return x
+
+    @torch.no_grad()
+    def flat_parameters(self, k: int) -> torch.Tensor:
+        """The base parameters of spec k as one float32 vector [numel] (sorted by name)."""
+        params = dict(self.specs[k].named_parameters())
+        if not params:
+            return torch.zeros(0, device=self.device)
+        return torch.cat([params[n].reshape(-1).float() for n in self.layouts[k].names])
+
+    @torch.no_grad()
+    def add_(self, k: int, delta: torch.Tensor) -> None:
+        """theta_k += delta, with delta a flat [numel] vector in layout order."""
+        params = dict(self.specs[k].named_parameters())
+        for name, d in self.layouts[k].split(delta).items():
+            params[name].add_(d.to(params[name].dtype))
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # -- every path at once --------------------------------------------------
+
+    def vendor_parameters(self, k: int, vendors: Vendors) -> dict[str, torch.Tensor]:
+        """Stacked weights of every vendor of spec k: {name: [M_k, *shape]}."""
+        layout = self.layouts[k]
+        base = self.flat_parameters(k)
+        return layout.split(base + vendors.deltas(k, layout.numel, base.device))
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, vendors: Vendors) -> MarketOutput:
+        """Run x through every path of the market.
+
+        x: [B, ...] one batch. Returns products [P, B, ...] and paths [P, N].
+        Full sampling makes product j * P_prev + p from upstream product p
+        and vendor j; partial sampling draws, per vendor, S_k distinct
+        upstream products with a CPU generator seeded by the vendors, so the
+        choice is the same on every device.
+        """
+        if tuple(vendors.counts) != self.vendor_counts:
+            raise MarketError(
+                f"vendors {list(vendors.counts)} do not match the market {list(self.vendor_counts)}"
+            )
+        device = x.device
+        sampler = torch.Generator().manual_seed(vendors.sampling_seed & (2**63 - 1))
+        batch = x.shape[0]
+        products, paths = x, torch.zeros(1, 0, dtype=torch.int64, device=device)
+        for k, spec in enumerate(self.specs):
+            m, s = self.vendor_counts[k], self.sampling[k]
+            params = self.vendor_parameters(k, vendors)
+            call = lambda p, inp, spec=spec: functional_call(spec, p, (inp,))
+            if k == 0 or not s:
+                upstream = products.shape[0] if k else 1
+                flat = products.reshape(upstream * batch, *products.shape[2:]) if k else products
+                out = self._call(k, lambda inp: vmap(call, in_dims=(0, None))(params, inp), flat)
+                products = out.reshape(m * upstream, batch, *out.shape[2:])
+                picked = torch.arange(upstream, device=device).repeat(m)
+                sources = torch.arange(m, device=device).repeat_interleave(upstream)
+            else:
+                upstream = products.shape[0]
+                choice = torch.rand(m, upstream, generator=sampler).argsort(dim=1)[:, :s].to(device)
+                inp = products[choice.reshape(-1)].reshape(m, s * batch, *products.shape[2:])
+                out = self._call(k, lambda inp: vmap(call, in_dims=(0, 0))(params, inp), inp)
+                products = out.reshape(m * s, batch, *out.shape[2:])
+                picked = choice.reshape(-1)
+                sources = torch.arange(m, device=device).repeat_interleave(s)
+            paths = torch.cat([paths[picked], sources[:, None]], dim=1)
+        return MarketOutput(products, paths)
+
+    def _call(self, k: int, fn, inp: torch.Tensor) -> torch.Tensor:
+        """Run spec k, turning torch's shape errors into one line that names the spec."""
+        try:
+            return fn(inp)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MarketError(
+                f"spec {k} ({type(self.specs[k]).__name__}) cannot take its input "
+                f"of shape {list(inp.shape)}: {first}"
+            ) from e
+
+    def extra_repr(self) -> str:
+        market = "x".join(map(str, self.vendor_counts))
+        sampling = "" if not any(self.sampling) else f", sampling={list(self.sampling)}"
+        return f"market={market}{sampling}, paths={self.num_paths}"

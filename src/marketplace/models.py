@@ -1,0 +1,43 @@
+"""Model presets, each a list of specs ready for a `Market`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def _block(c_in: int, c_out: int, kernel: int, flatten: bool = False) -> list[nn.Module]:
+    """Conv, ReLU, Conv, ReLU, InstanceNorm, MaxPool: one stage of the beautiful-MNIST CNN."""
+    layers = [
+        nn.Conv2d(c_in, c_out, kernel), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, kernel), nn.ReLU(),
+        nn.InstanceNorm2d(c_out, affine=True), nn.MaxPool2d(2),
+    ]
+    return layers + [nn.Flatten()] if flatten else layers
+
+
+def beautiful_mnist(depth: int = 3, classes: int = 10) -> list[nn.Module]:
+    """The CNN of ALGORITHM.md section 9 for 1x28x28 inputs, split into `depth` specs.
+
+    depth 3: [conv stage 1], [conv stage 2 + flatten], [linear] (the published market);
+    depth 2: [conv stage 1], [conv stage 2 + linear]; depth 1: the whole model
+    as one spec (the "all at once" baseline).
+    """
+    stage1 = _block(1, 32, 5)
+    stage2 = _block(32, 64, 3, flatten=True)
+    head = [nn.Linear(576, classes)]
+    splits = {1: [stage1 + stage2 + head], 2: [stage1, stage2 + head], 3: [stage1, stage2, head]}
+    if depth not in splits:
+        raise ValueError(f"the beautiful-MNIST CNN splits into 1, 2 or 3 specs, not {depth}")
+    return [nn.Sequential(*layers) for layers in splits[depth]]
+
+
+def mlp(sizes: list[int]) -> list[nn.Module]:
+    """A ReLU MLP with one spec per Linear layer, e.g. mlp([784, 128, 10]) -> 2 specs."""
+    specs = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers = [nn.Flatten()] if i == 0 else []
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+        specs.append(nn.Sequential(*layers))
+    return specs

@@ -1,0 +1,82 @@
+"""The vendors of one step: a seed per vendor expands into its weight delta.
+
+A `SeededVendors` is all that crosses a wire: seeds and probe widths. Any
+object with `counts`, `sampling_seed` and `deltas(k, numel, device)` can stand
+in for it (the adaptive-rate variant proposes deltas along a known direction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from .rng import derive_seeds, uniform_pm1
+
+# Purposes keep the seed streams derived from one master seed apart.
+VENDOR_STREAM, SAMPLING_STREAM, BATCH_STREAM = 1, 2, 3
+
+
+class Vendors(Protocol):
+    counts: tuple[int, ...]
+    sampling_seed: int
+
+    def deltas(self, k: int, numel: int, device: torch.device) -> torch.Tensor:
+        """Flat weight deltas of every vendor of spec k, float32 [M_k, numel]."""
+        ...
+
+
+@dataclass(eq=False)
+class SeededVendors:
+    """Vendor j of spec k adds sigma[k] * uniform(-1, 1) drawn from seeds[k][j].
+
+    seeds: per spec, int64 [M_k] on the CPU; seeds[k][0] is 0, the leader.
+    cache: keep expanded deltas until the step ends (faster), or regenerate
+    them from the seeds on every use (memory of the seeds only).
+    """
+
+    seeds: tuple[torch.Tensor, ...]
+    sigma: tuple[float, ...]
+    sampling_seed: int = 0
+    cache: bool = True
+    _units: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.seeds)
+
+    def unit_deltas(self, k: int, numel: int, device: torch.device) -> torch.Tensor:
+        """uniform(-1, 1) [M_k, numel] of spec k: the deltas before scaling by sigma."""
+        key = (k, numel, str(device))
+        if key in self._units:
+            return self._units[key]
+        units = uniform_pm1(self.seeds[k].to(device), numel)
+        if self.cache:
+            self._units[key] = units
+        return units
+
+    def deltas(self, k: int, numel: int, device: torch.device) -> torch.Tensor:
+        return self.sigma[k] * self.unit_deltas(k, numel, device)
+
+
+def draw_vendors(
+    seed: int,
+    step: int,
+    counts: Sequence[int],
+    sigma: Sequence[float],
+    cache: bool = True,
+    stream: int = 0,
+) -> SeededVendors:
+    """The vendors of `step`: a pure function of (seed, step, stream).
+
+    `stream` tells apart sets of vendors drawn in the same step (for
+    example by different replicas); 0 is the default stream.
+    """
+    seeds = tuple(
+        torch.cat([torch.zeros(1, dtype=torch.int64),
+                   derive_seeds(seed, VENDOR_STREAM + (stream << 8), step, k, count=m - 1)])
+        for k, m in enumerate(counts)
+    )
+    sampling_seed = int(derive_seeds(seed, SAMPLING_STREAM + (stream << 8), step)[0])
+    return SeededVendors(seeds, tuple(float(s) for s in sigma), sampling_seed, cache)
