@@ -103,9 +103,21 @@ def evaluate(
     print(json.dumps(result) if json_out else f"{name} test accuracy {acc:.2f}% (loss {loss:.4f})")
 
 
+# Feature modules add their commands here: each exposes register(app).
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f".{name}", __package__).register(app)
+
+
 def main() -> None:
     """Entry point: a user's mistake prints one line, not a traceback."""
     try:
+        _register_commands()
         app(standalone_mode=False)
     except (MarketplaceError, ValueError) as e:  # ValueError: an argument the library refused
         print(f"error: {e}", file=sys.stderr)
