@@ -124,3 +124,38 @@ def test_regenerated_deltas_equal_cached_ones():
     fresh = draw_vendors(5, 1, market.vendor_counts, [0.2] * 3, cache=False)
     assert torch.equal(market.evaluate(x, cached).products, market.evaluate(x, fresh).products)
     assert not fresh._units and cached._units
+
+
+@pytest.mark.parametrize("options,tol", [
+    (dict(channels_last=True), 1e-5),
+    (dict(precision="bf16"), 5e-2),
+])
+def test_speed_options_stay_close_to_the_fp32_reference(options, tol):
+    torch.manual_seed(0)
+    specs = beautiful_mnist(3)
+    reference = Market(specs, vendors=[2, 3, 2], precision="fp32", channels_last=False)
+    fast = Market(specs, vendors=[2, 3, 2], **options)  # the same modules: same base weights
+    vendors = draw_vendors(3, 0, reference.vendor_counts, [0.05] * 3)
+    x = torch.randn(4, 1, 28, 28)
+    ref, out = reference.evaluate(x, vendors), fast.evaluate(x, vendors)
+    assert torch.equal(ref.paths, out.paths)
+    error = (out.products.float() - ref.products).norm() / ref.products.norm()
+    assert float(error) < tol
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_market_matches_cpu_fp32():
+    torch.manual_seed(0)
+    cpu = Market(beautiful_mnist(3), vendors=[4, 4, 4], precision="fp32")
+    gpu = Market(beautiful_mnist(3), vendors=[4, 4, 4]).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    vendors = draw_vendors(3, 0, cpu.vendor_counts, [0.01] * 3)
+    x = torch.randn(8, 1, 28, 28)
+    ref, out = cpu.evaluate(x, vendors), gpu.evaluate(x.cuda(), vendors)
+    error = (out.products.float().cpu() - ref.products).norm() / ref.products.norm()
+    assert float(error) < 5e-2
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(MarketError, match="precision must be one of"):
+        Market(tiny_cnn(), vendors=2, precision="fp8")

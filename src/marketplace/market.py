@@ -65,6 +65,9 @@ class MarketOutput:
     paths: torch.Tensor
 
 
+_PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _refuse_batch_statistics(k: int, spec: nn.Module) -> None:
     for name, module in spec.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -92,6 +95,12 @@ class Market(nn.Module):
     function of its parameters and its input only (no running buffers).
     vendors: M_k per spec (or one int for all). sampling: S_k per spec, how
     many upstream products each vendor of spec k consumes; 0 = all of them.
+
+    Speed options of `evaluate` (the base weights stay float32 throughout):
+    precision: "fp32", "bf16" or "fp16" autocast, or "auto" (bf16 on CUDA,
+    fp32 elsewhere); losses are reduced in float32 either way.
+    channels_last: image products in channels-last layout ("auto": on CUDA).
+    compile: run each spec's vendor batch through `torch.compile`.
     """
 
     def __init__(
@@ -99,8 +108,18 @@ class Market(nn.Module):
         specs: Sequence[nn.Module],
         vendors: int | Sequence[int],
         sampling: int | Sequence[int] = 0,
+        *,
+        precision: str = "auto",
+        channels_last: bool | str = "auto",
+        compile: bool = False,
     ):
         super().__init__()
+        if precision not in _PRECISIONS:
+            raise MarketError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
+        if channels_last not in (True, False, "auto"):
+            raise MarketError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
+        self.precision, self.channels_last, self.compile = precision, channels_last, bool(compile)
+        self._compiled: dict = {}
         specs = list(specs)
         if not specs:
             raise MarketError("a market needs at least one spec")
@@ -198,29 +217,55 @@ class Market(nn.Module):
             )
         device = x.device
         sampler = torch.Generator().manual_seed(vendors.sampling_seed & (2**63 - 1))
+        amp = self._amp_dtype(device)
         batch = x.shape[0]
         products, paths = x, torch.zeros(1, 0, dtype=torch.int64, device=device)
-        for k, spec in enumerate(self.specs):
-            m, s = self.vendor_counts[k], self.sampling[k]
-            params = self.vendor_parameters(k, vendors)
-            call = lambda p, inp, spec=spec: functional_call(spec, p, (inp,))
-            if k == 0 or not s:
-                upstream = products.shape[0] if k else 1
-                flat = products.reshape(upstream * batch, *products.shape[2:]) if k else products
-                out = self._call(k, lambda inp: vmap(call, in_dims=(0, None))(params, inp), flat)
-                products = out.reshape(m * upstream, batch, *out.shape[2:])
-                picked = torch.arange(upstream, device=device).repeat(m)
-                sources = torch.arange(m, device=device).repeat_interleave(upstream)
-            else:
-                upstream = products.shape[0]
-                choice = torch.rand(m, upstream, generator=sampler).argsort(dim=1)[:, :s].to(device)
-                inp = products[choice.reshape(-1)].reshape(m, s * batch, *products.shape[2:])
-                out = self._call(k, lambda inp: vmap(call, in_dims=(0, 0))(params, inp), inp)
-                products = out.reshape(m * s, batch, *out.shape[2:])
-                picked = choice.reshape(-1)
-                sources = torch.arange(m, device=device).repeat_interleave(s)
-            paths = torch.cat([paths[picked], sources[:, None]], dim=1)
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            for k in range(self.depth):
+                m, s = self.vendor_counts[k], self.sampling[k]
+                params = self.vendor_parameters(k, vendors)
+                if k == 0 or not s:  # every vendor takes every upstream product
+                    upstream = products.shape[0] if k else 1
+                    flat = products.reshape(upstream * batch, *products.shape[2:]) if k else products
+                    out = self._vendor_forward(k, params, flat, shared=True)
+                    products = out.reshape(m * upstream, batch, *out.shape[2:])
+                    picked = torch.arange(upstream, device=device).repeat(m)
+                    sources = torch.arange(m, device=device).repeat_interleave(upstream)
+                else:  # vendor j takes its own s upstream products
+                    upstream = products.shape[0]
+                    choice = torch.rand(m, upstream, generator=sampler).argsort(dim=1)[:, :s].to(device)
+                    inp = products[choice.reshape(-1)].reshape(m, s * batch, *products.shape[2:])
+                    out = self._vendor_forward(k, params, inp, shared=False)
+                    products = out.reshape(m * s, batch, *out.shape[2:])
+                    picked = choice.reshape(-1)
+                    sources = torch.arange(m, device=device).repeat_interleave(s)
+                paths = torch.cat([paths[picked], sources[:, None]], dim=1)
         return MarketOutput(products, paths)
+
+    def _amp_dtype(self, device: torch.device) -> torch.dtype | None:
+        if self.precision == "auto":
+            return torch.bfloat16 if device.type == "cuda" else None
+        return _PRECISIONS[self.precision]
+
+    def _vendor_forward(self, k: int, params: dict[str, torch.Tensor], inp: torch.Tensor, shared: bool):
+        """Spec k under every vendor's weights at once: [M, ...] params -> [M, N, ...] outputs.
+
+        shared: every vendor reads the same input [N, ...] (one wide op),
+        else vendor j reads inp[j] (grouped ops).
+        """
+        if shared and inp.dim() == 4 and (self.channels_last is True or
+                                         (self.channels_last == "auto" and inp.is_cuda)):
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        key = (k, shared)
+        fn = self._compiled.get(key)
+        if fn is None:
+            spec = self.specs[k]
+            call = lambda p, x: functional_call(spec, p, (x,))
+            fn = vmap(call, in_dims=(0, None if shared else 0))
+            if self.compile:
+                fn = torch.compile(fn, dynamic=False)
+            self._compiled[key] = fn
+        return self._call(k, lambda x: fn(params, x), inp)
 
     def _call(self, k: int, fn, inp: torch.Tensor) -> torch.Tensor:
         """Run spec k, turning torch's shape errors into one line that names the spec."""
