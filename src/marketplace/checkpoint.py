@@ -54,6 +54,9 @@ def save_checkpoint(path: str | os.PathLike, model: dict[str, torch.Tensor], opt
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -80,16 +83,18 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         plain = json.loads(metadata["optimizer"])
         meta = json.loads(metadata["meta"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} has damaged metadata ({e})") from e
+        optimizer = {}
+        for key, value in plain.items():
+            if key.startswith("__list__"):
+                name = key[len("__list__"):]
+                optimizer[name] = [tensors[f"optimizer.{name}.{i}"] for i in range(value)]
+            else:
+                optimizer[key] = value
+        if not isinstance(meta, dict):
+            raise TypeError("meta is not an object")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(f"{path} has damaged metadata ({type(e).__name__}: {e})") from e
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    optimizer = {}
-    for key, value in plain.items():
-        if key.startswith("__list__"):
-            name = key[len("__list__"):]
-            optimizer[name] = [tensors[f"optimizer.{name}.{i}"] for i in range(value)]
-        else:
-            optimizer[key] = value
     for k, v in tensors.items():
         if k.startswith("optimizer.") and k.count(".") == 1:
             optimizer[k[len("optimizer."):]] = v

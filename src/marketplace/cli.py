@@ -18,7 +18,7 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"{name} takes comma-separated integers like 4,4,4, got {text!r}")
+        raise MarketplaceError(f"{name} takes comma-separated integers like 4,4,4, got {text!r}") from None
     return values
 
 
@@ -55,9 +55,9 @@ def train(
     from .train import TrainConfig, train as run
 
     if unit not in ("spec", "model"):
-        raise typer.BadParameter(f"--unit must be 'spec' or 'model', got {unit!r}")
+        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
     if on_nonfinite not in ("stop", "skip"):
-        raise typer.BadParameter(f"--on-nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
     config = TrainConfig(
         dataset=dataset, algorithm=algorithm, vendors=_ints(vendors, "--vendors"),
         sampling=_ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,
@@ -104,7 +104,7 @@ def evaluate(
 
 
 # Feature modules add their commands here: each exposes register(app).
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("distributed_cli", "continual_cli", "experiments_cli")
 
 
 def _register_commands() -> None:
@@ -115,27 +115,20 @@ def _register_commands() -> None:
 
 
 def main() -> None:
-    """Entry point: a user's mistake prints one line, not a traceback."""
+    """Entry point: a user's mistake prints one line, not a traceback.
+
+    click reports its own usage errors (exit 2); the library's errors on bad
+    input (MarketplaceError, and ValueError from argument checks) surface here.
+    """
     try:
         _register_commands()
-        app(standalone_mode=False)
-    except (MarketplaceError, ValueError) as e:  # ValueError: an argument the library refused
+        app()
+    except (MarketplaceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,11 @@ class JsonLog(Hook):
         self.file = open(self.path, "a", encoding="utf-8")
 
     def _write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(record) + "\n")
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.file.write(json.dumps(clean, allow_nan=False) + "\n")  # NaN is not JSON: null instead
         self.file.flush()
 
     def on_start(self, config, market, start_step) -> None:
-        import dataclasses
-
         self._write({"event": "start", "step": start_step, "config": dataclasses.asdict(config)})
 
     def on_step(self, metrics: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ same run as one never interrupted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .errors import MarketplaceError
 from .functional import path_losses
 from .market import Market
 from .models import beautiful_mnist
+from .norms import NORM_NAMES, norm_layer
 from .optim import OPTIMIZERS, MarketOptimizer
 from .rng import derive_seeds
 from .vendors import BATCH_STREAM, Vendors
@@ -56,6 +58,7 @@ class TrainConfig:
     on_nonfinite: str = "raise"
     cache_deltas: bool = True
     data_dir: str | None = None
+    norm: str = "instance"  # see norms.py; "batch" is refused by the market
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -72,8 +75,16 @@ class TrainConfig:
             raise MarketplaceError("give --steps or --max-seconds (or both) so the run knows when to stop")
         if self.resume and not self.checkpoint:
             raise MarketplaceError("--resume needs --checkpoint PATH")
-        if self.eval_every < 1 or self.log_every < 1 or self.checkpoint_every < 1:
-            raise MarketplaceError("--eval-every, --log-every and --checkpoint-every must be >= 1")
+        if self.norm not in NORM_NAMES:
+            raise MarketplaceError(f"unknown norm {self.norm!r}; choose from {', '.join(NORM_NAMES)}")
+        if min(self.eval_every, self.log_every, self.checkpoint_every, self.eval_samples) < 1:
+            raise MarketplaceError("--eval-every, --log-every, --checkpoint-every and --eval-samples must be >= 1")
+        for name in ("decay", "probe_scale", "meta_lr") + (("lr",) if self.lr is not None else ()):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name != "decay" and value == 0):
+                raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if self.decay >= 1:
+            raise MarketplaceError(f"--decay must be below 1, got {self.decay}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +127,7 @@ def build_market(config: TrainConfig, device: torch.device) -> Market:
     """The beautiful-MNIST CNN split into len(vendors) specs, initialised from the seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        specs = beautiful_mnist(depth=len(config.vendors))
+        specs = beautiful_mnist(depth=len(config.vendors), norm=norm_layer(config.norm, config.batch))
     sampling = list(config.sampling) if config.sampling else 0
     return Market(specs, list(config.vendors), sampling).to(device)
 
@@ -172,6 +183,11 @@ class Trainer:
 
     def load(self, path: str) -> None:
         ckpt = load_checkpoint(path)
+        saved = ckpt.meta.get("config", {})
+        for name in ("dataset", "seed", "algorithm"):
+            if name in saved and saved[name] != getattr(self.config, name):
+                raise CheckpointError(f"{path} was trained with {name}={saved[name]!r}, not "
+                                      f"{getattr(self.config, name)!r}: resume with the same {name}")
         try:
             self.market.load_state_dict(ckpt.model)
         except RuntimeError as e:
