@@ -8,10 +8,14 @@ call, so effective TFLOP/s is measured work over measured time.
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -181,3 +185,30 @@ def table(rows: list[Row]) -> str:
         lines.append(f"| {r.name} | {r.vendors} | {r.ms:.2f} | {r.flop / 1e9:.1f} | {r.tflops:.3f} | "
                      f"{r.products_per_s:,.0f} | {peak} | {r.startup_s:.2f} | {ratio:.2f}x |")
     return "\n".join(lines)
+
+
+def run(device: torch.device, vendors: list[int] | None = None, depth: int = 3, batch: int | None = None,
+        repeats: int | None = None, precision: str = "auto", compile: bool = False, loop: bool = True,
+        out: str | None = None) -> dict:
+    """Benchmark each vendor count, print the table, write JSON and markdown; CPU gets smaller defaults."""
+    cuda = device.type == "cuda"
+    vendors = vendors or ([4, 8, 16] if cuda else [2, 4])
+    batch = batch or (512 if cuda else 64)
+    repeats = repeats or (20 if cuda else 3)
+    rows = []
+    for m in vendors:
+        rows += bench_market(m, depth, batch, device, warmup=3 if cuda else 1, repeats=repeats,
+                             compile=compile, precision=precision, loop=loop)
+    config = {"device": device_name(device), "torch": torch.__version__, "date": date.today().isoformat(),
+              "depth": depth, "batch": batch, "vendors": vendors, "precision": precision,
+              "compile": compile, "command": " ".join(sys.argv)}
+    result = to_json(rows, config)
+    text = table(rows)
+    print(f"{config['device']}, torch {config['torch']}, depth {depth}, batch {batch}\n{text}")
+    path = Path(out or f"benchmarks/results/step_speed_{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    path.with_suffix(".md").write_text(
+        f"# Step speed: {config['device']}\n\n{config['date']}, torch {config['torch']}, depth {depth}, "
+        f"batch {batch}, precision {precision}, compile {compile}\n\n{text}\n")
+    return result
