@@ -29,9 +29,9 @@ def train(
     vendors: str = typer.Option("4,4,4", help="vendors per spec: 4,4,4 = the CNN split 3 ways; 64 = all at once"),
     sampling: Optional[str] = typer.Option(None, help="upstream sampling per spec, 0 = all (default: all)"),
     batch: int = typer.Option(128, help="examples per step"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: 0.1 for v2, 0.02 for v1)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: 0.15 for v2, 0.003 for v1)"),
     decay: float = typer.Option(1e-5, help="lr <- lr * (1 - decay) every step"),
-    probe_scale: float = typer.Option(0.1, help="v2: vendors probe at lr * probe_scale"),
+    probe_scale: float = typer.Option(0.03, help="v2: vendors probe at lr * probe_scale"),
     unit: str = typer.Option("spec", help="v2: unit vector per 'spec' or over the whole 'model'"),
     meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
     steps: Optional[int] = typer.Option(None, help="stop after this many steps"),
@@ -39,7 +39,7 @@ def train(
     seed: int = typer.Option(0, help="seeds the model, the batches and every vendor"),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
     eval_every: int = typer.Option(100, help="steps between test evaluations (base weights)"),
-    eval_samples: int = typer.Option(10_000, help="test examples used by the evaluations during training"),
+    eval_samples: int = typer.Option(2_000, help="test examples used by the evaluations during training (the final one uses all)"),
     checkpoint: Optional[str] = typer.Option(None, help="safetensors file written every --checkpoint-every steps and at the end"),
     checkpoint_every: int = typer.Option(500, help="steps between checkpoints"),
     resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
@@ -89,7 +89,8 @@ def evaluate(
 
     ckpt = load_checkpoint(checkpoint)
     saved = ckpt.meta.get("config", {})
-    config = TrainConfig(vendors=tuple(saved.get("vendors", (4, 4, 4))), sampling=saved.get("sampling"))
+    config = TrainConfig(vendors=tuple(saved.get("vendors", (4, 4, 4))), sampling=saved.get("sampling"),
+                         norm=saved.get("norm", "instance"), batch=saved.get("batch", 128))
     dev = resolve_device(device)
     market = build_market(config, dev)
     try:
@@ -101,6 +102,26 @@ def evaluate(
     acc, loss = accuracy(market, x, y)
     result = {"test_accuracy": acc, "test_loss": loss, "dataset": name, "steps": ckpt.optimizer.get("steps")}
     print(json.dumps(result) if json_out else f"{name} test accuracy {acc:.2f}% (loss {loss:.4f})")
+
+
+@app.command()
+def bench(
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda"),
+    vendors: Optional[str] = typer.Option(None, help="vendor counts per spec to try (default 4,8,16 on CUDA, 2,4 on CPU)"),
+    depth: int = typer.Option(3, help="market depth: the CNN split 1, 2 or 3 ways"),
+    batch: Optional[int] = typer.Option(None, help="default 512 on CUDA, 64 on CPU"),
+    repeats: Optional[int] = typer.Option(None, help="timed repeats (median reported)"),
+    precision: str = typer.Option("auto", help="auto (bf16 on CUDA), fp32, bf16, fp16"),
+    compile: bool = typer.Option(False, help="torch.compile each spec's vendor batch"),
+    loop: bool = typer.Option(True, help="also time the naive per-vendor loop"),
+    out: Optional[str] = typer.Option(None, help="JSON path (default benchmarks/results/step_speed_<device>.json)"),
+):
+    """Time the market step against a per-vendor loop, backprop SGD and plain inference."""
+    from .bench import run
+    from .train import resolve_device
+
+    run(resolve_device(device), list(_ints(vendors, "--vendors")) if vendors else None, depth, batch, repeats,
+        precision, compile, loop, out)
 
 
 # Feature modules add their commands here: each exposes register(app).

@@ -1,0 +1,23 @@
+"""Marketplace V1 and V2 against backprop with SGD and Adam, same CNN, batches and steps.
+
+Article 2: V1 and V2 on the 3 x 16 market against SGD at 1e-3, 3e-3, 7e-3
+(with BatchNorm, as published) and Adam (InstanceNorm, article 1);
+published: V2 far ahead of V1, ahead of SGD 1e-3, behind SGD 3e-3 and 7e-3.
+
+    uv run python experiments/backprop.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
+    uv run python experiments/backprop.py                                                   # the published size (GPU)
+
+The same as `marketplace experiment backprop ...`; every option of that command
+works here (`--help`). Writes results/backprop/{RUN.jsonl, backprop.png, backprop.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
+Runs and sizes are defined in src/marketplace/experiments.py (backprop_runs).
+"""
+
+import sys
+
+from marketplace.experiments_cli import run_script
+
+EXPERIMENT = "backprop"
+
+if __name__ == "__main__":
+    run_script(EXPERIMENT, sys.argv[1:])

@@ -1,0 +1,23 @@
+"""Market depth and vendor count: the marketplace against mutating all weights at once.
+
+Article 1 (V1, batch 512): depth 1 x {8, 16, 32, 64} vendors against depth 3 x
+{8, 16}; published: depth 3 x 16 best, then depth 3 x 8, both ahead of
+depth 1 x 64. `--algorithm v2` repeats it with V2.
+
+    uv run python experiments/depth.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
+    uv run python experiments/depth.py                                                   # the published size (GPU)
+
+The same as `marketplace experiment depth ...`; every option of that command
+works here (`--help`). Writes results/depth/{RUN.jsonl, depth.png, depth.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
+Runs and sizes are defined in src/marketplace/experiments.py (depth_runs).
+"""
+
+import sys
+
+from marketplace.experiments_cli import run_script
+
+EXPERIMENT = "depth"
+
+if __name__ == "__main__":
+    run_script(EXPERIMENT, sys.argv[1:])

@@ -1,0 +1,22 @@
+"""Learning rate and decay sweep on the 3 x 16 market.
+
+Article 1: the learning rate and its decay schedule decide whether training
+works. `--lrs 0.03,0.1,0.3 --decays 1e-4,1e-5` (the default for V2) sets the grid.
+
+    uv run python experiments/sweep.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
+    uv run python experiments/sweep.py                                                   # the published size (GPU)
+
+The same as `marketplace experiment sweep ...`; every option of that command
+works here (`--help`). Writes results/sweep/{RUN.jsonl, sweep.png, sweep.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
+Runs and sizes are defined in src/marketplace/experiments.py (sweep_runs).
+"""
+
+import sys
+
+from marketplace.experiments_cli import run_script
+
+EXPERIMENT = "sweep"
+
+if __name__ == "__main__":
+    run_script(EXPERIMENT, sys.argv[1:])
