@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marketplace.machine import cpu_name
 from marketplace import V1, V2, Market, path_losses
 from marketplace.distributed import AXES, init_from_env, ring_bytes_sent, run_local, shutdown
 from marketplace.models import beautiful_mnist
@@ -170,11 +171,7 @@ def measure_speed(worlds, batch: int, steps: int, data) -> list[dict]:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+    cpu = cpu_name()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "threads_per_rank": 1, "torch": torch.__version__,
             "python": platform.python_version(), "backend": "gloo", "load_average_1min_at_start": load}

@@ -25,20 +25,13 @@ from pathlib import Path
 import torch
 
 from marketplace import Market, draw_vendors
+from marketplace.machine import cpu_name
 from marketplace.models import beautiful_mnist
 from marketplace.serving import serve
 
 
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "device": str(device), "python": platform.python_version()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -9,7 +9,6 @@ call, so effective TFLOP/s is measured work over measured time.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .functional import path_losses
+from .machine import cpu_name
 from .market import Market, MarketOutput
 from .models import beautiful_mnist
 from .optim import V2
@@ -165,7 +165,7 @@ def bench_market(m: int, depth: int, batch: int, device: torch.device, warmup: i
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def to_json(rows: list[Row], config: dict) -> dict:

@@ -33,6 +33,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .continual import ContinualLearner, per_example_cross_entropy
 from .errors import MarketplaceError
 from .functional import path_losses
+from .machine import cpu_name
 from .market import Market
 from .optim import V2
 from .rng import derive_seeds
@@ -323,17 +324,8 @@ def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import os
-    import platform
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def run_experiment(config: ContinualConfig, hooks: Sequence[Hook] = ()) -> dict[str, Any]:

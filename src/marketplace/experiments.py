@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 import re
 import shlex
 import sys
@@ -27,6 +26,7 @@ import torch
 
 from .baselines import BackpropConfig, BackpropTrainer
 from .errors import MarketplaceError
+from .machine import cpu_name
 from .plot import load_run, markdown_table, plot_runs
 from .progress import JsonLog, ProgressBar
 from .train import Hook, TrainConfig, Trainer
@@ -173,14 +173,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
 
 def machine() -> str:
     """The CPU (and GPU) this process runs on, in words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
+    cpu = cpu_name()
     threads = torch.get_num_threads()
     text = f"{os.cpu_count()}-core {cpu}, torch {torch.__version__} ({threads} intra-op thread{'s' * (threads > 1)})"
     if torch.cuda.is_available():
