@@ -10,21 +10,10 @@ import sys
 import pytest
 
 import marketplace.data as data_module
-from marketplace.cli import main
+from helpers import run_cli
 
 TINY = ["--steps", "2", "--batch", "8", "--eval-samples", "100", "--device", "cpu", "--quiet"]
 
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `marketplace ARGS`; a normal return is exit code 0."""
-    monkeypatch.setattr(sys, "argv", ["marketplace", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def last_json(out: str) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from marketplace import Market, beautiful_mnist, draw_vendors
-from marketplace.cli import main
 from marketplace.cost import beautiful_mnist_cost, format_table, market_cost, products, spec_flops
+from helpers import run_cli
 
 
 def counted_flops(market: Market, x: torch.Tensor) -> int:
@@ -68,16 +67,6 @@ def test_published_markets_at_equal_budget():
     assert deep.flops == pytest.approx(flat.flops, rel=0.02)
     assert "| 16x16x16 | full | 1 | 4,096 |" in format_table([deep, flat])
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["marketplace", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cost_command(monkeypatch, capsys):

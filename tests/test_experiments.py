@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from marketplace.baselines import BackpropConfig
-from marketplace.cli import main
 from marketplace.errors import MarketplaceError
 from marketplace.experiments import EXPERIMENTS, Size, run_experiment
 from marketplace.plot import load_run
 from marketplace.train import TrainConfig
+from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("small_data")
 
@@ -123,16 +123,6 @@ def test_only_and_plot_only(tmp_path, small_data):
     with pytest.raises(MarketplaceError, match="has no run nope"):
         run_experiment("norm", size, tmp_path, mlflow=False, progress=False, only=["nope"])
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["marketplace", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def tiny_args(small_data, tmp_path):

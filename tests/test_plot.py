@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 
 import pytest
 
-from marketplace.cli import main
 from marketplace.errors import MarketplaceError
 from marketplace.plot import find_runs, load_run, markdown_table, plot_runs, smooth
+from helpers import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -83,16 +82,6 @@ def test_bad_logs_are_reported(tmp_path):
     with pytest.raises(MarketplaceError, match="no .jsonl"):
         find_runs([tmp_path / "empty"])
 
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["marketplace", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_plot_command(tmp_path, monkeypatch, capsys):
