@@ -79,9 +79,7 @@ class ReplicaAxis:
         else:
             updated = self._keep_best(optimizer, vendors, losses, paths, finite)
         # The bookkeeping of MarketOptimizer.step after its update.
-        optimizer._decay()
-        optimizer.steps += 1
-        optimizer.vendors = optimizer._draw()
+        optimizer.advance()
         return AxisStep(losses, paths, updated)
 
     # -- V2 --------------------------------------------------------------------

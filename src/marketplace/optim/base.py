@@ -113,10 +113,18 @@ class MarketOptimizer:
             warnings.warn(f"step {self.steps} skipped: {e}", RuntimeWarning, stacklevel=2)
             self.skipped += 1
             updated = False
+        self.advance()
+        return updated
+
+    def advance(self) -> None:
+        """End a step: decay the rate, count the step, draw the next vendors.
+
+        `step` calls it after its update; a caller that applies an update
+        computed elsewhere (the distributed replica axis) calls it instead.
+        """
         self._decay()
         self.steps += 1
         self.vendors = self._draw()
-        return updated
 
     # -- saving and restoring ------------------------------------------------
 
