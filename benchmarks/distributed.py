@@ -35,7 +35,7 @@ from marketplace.machine import cpu_name
 from marketplace import V1, V2, Market, path_losses
 from marketplace.distributed import AXES, init_from_env, ring_bytes_sent, run_local, shutdown
 from marketplace.models import beautiful_mnist
-from marketplace.train import batch_indices
+from marketplace.training import batch_indices
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -230,7 +230,7 @@ def main() -> None:
     info = machine()
     print(f"{info['cores']}-core CPU ({info['cpu']}), torch {info['torch']}, gloo", flush=True)
     try:
-        from marketplace.train import load_data
+        from marketplace.data import load_data
 
         x, y = load_data("mnist", "train", None, torch.device("cpu"))
         data = (x[:4096].clone(), y[:4096].clone())

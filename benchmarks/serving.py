@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 uv run python benchmarks/serving.py --batch 64,256,1024
 
 Plain inference is `market(x)` (the base weights). Random-path inference is
-`marketplace.serving.serve`: every example on its own uniform random path
+`marketplace.continual.serve`: every example on its own uniform random path
 (`iid`), the same with an even spread of vendors (`balanced`, no padding),
 and the general vmap path (`vmap`, what a spec of unknown layers gets). The
 variants run interleaved round by round, so a busy shared machine slows them
@@ -27,7 +27,7 @@ import torch
 from marketplace import Market, draw_vendors
 from marketplace.machine import cpu_name
 from marketplace.models import beautiful_mnist
-from marketplace.serving import serve
+from marketplace.continual import serve
 
 
 def machine(device: torch.device) -> dict:

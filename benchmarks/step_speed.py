@@ -8,8 +8,8 @@ The same as `marketplace bench`.
 
 import argparse
 
-from marketplace.bench import run
-from marketplace.train import resolve_device
+from marketplace.experiments.speed import run
+from marketplace.machine import resolve_device
 
 
 def main(argv=None) -> dict:

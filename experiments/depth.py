@@ -15,7 +15,7 @@ Runs and sizes are defined in src/marketplace/experiments.py (depth_runs).
 
 import sys
 
-from marketplace.experiments_cli import run_script
+from marketplace.cli.experiment import run_script
 
 EXPERIMENT = "depth"
 

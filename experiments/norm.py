@@ -16,7 +16,7 @@ Runs and sizes are defined in src/marketplace/experiments.py (norm_runs).
 
 import sys
 
-from marketplace.experiments_cli import run_script
+from marketplace.cli.experiment import run_script
 
 EXPERIMENT = "norm"
 

@@ -14,7 +14,7 @@ Runs and sizes are defined in src/marketplace/experiments.py (sweep_runs).
 
 import sys
 
-from marketplace.experiments_cli import run_script
+from marketplace.cli.experiment import run_script
 
 EXPERIMENT = "sweep"
 

@@ -34,16 +34,16 @@ def _offline(monkeypatch):
 def small_data(monkeypatch, data_dir):
     """Make training runs cheap on a 2-core machine.
 
-    `marketplace.train.load_data` (used by `Trainer` and by `marketplace evaluate`)
+    `marketplace.data.load_data` (used by every trainer and by `marketplace evaluate`)
     is wrapped so that the shared data set is decoded once per session and the
     test split is cut to SMALL_TEST_SET examples: a run's final evaluation is on
     the *whole* test split, 10,000 CNN forward passes that cost ~10 s on CPU.
     Any other data directory goes to the real loader untouched (so missing-data
     errors are still the library's own).
     """
-    import marketplace.train as train_module
+    import marketplace.data as data_module
 
-    real = train_module.load_data
+    real = data_module.load_data
     shared = data_dir.resolve()
 
     def load_data(name, split, data_dir_arg, device):
@@ -57,5 +57,5 @@ def small_data(monkeypatch, data_dir):
             _cache[key] = (x, y)
         return _cache[key]
 
-    monkeypatch.setattr(train_module, "load_data", load_data)
+    monkeypatch.setattr(data_module, "load_data", load_data)
     return data_dir

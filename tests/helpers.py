@@ -1,6 +1,9 @@
 """Helpers shared by the test files (not tests themselves)."""
 
+import json
 import sys
+
+import torch
 
 from marketplace.cli import main
 
@@ -15,3 +18,36 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def last_json(out: str) -> dict:
+    """The last non-empty line of stdout, parsed as JSON."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines, "nothing on stdout"
+    return json.loads(lines[-1])
+
+
+def assert_user_error(code: int, out: str, err: str, *hints: str) -> None:
+    """Exit 2, exactly one line on stderr starting with 'error:', no traceback."""
+    assert "Traceback" not in err + out, err
+    assert code == 2, f"exit code {code}, stderr: {err!r}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith("error:"), lines[0]
+    for hint in hints:
+        assert hint in lines[0], lines[0]
+
+
+def succeeded(results):
+    """The results of `run_local`, after asserting that no rank failed."""
+    from marketplace.distributed import RankFailure
+
+    failures = [r for r in results if isinstance(r, RankFailure)]
+    assert not failures, "\n".join(f"rank {f.rank}: {f.error} {f.message}" for f in failures)
+    return results
+
+
+def assert_close(a, b, atol=1e-5):
+    """Two state dicts equal within float tolerance, key by key."""
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m: f"{k}: {m}")

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from marketplace import Market, MarketError, draw_vendors
 from marketplace.norms import ProductBatchNorm2d, norm_layer
-from marketplace.train import TrainConfig, Trainer
+from marketplace.training import TrainConfig, Trainer
 
 
 def reference(x: torch.Tensor, group: int, module: ProductBatchNorm2d) -> torch.Tensor:

@@ -21,7 +21,7 @@ from .models import beautiful_mnist, mlp
 from .optim import V1, V2, AdaptiveV2, MarketOptimizer
 from .vendors import SeededVendors, draw_vendors
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdaptiveV2", "Market", "MarketError", "MarketOptimizer", "MarketOutput", "MarketplaceError",

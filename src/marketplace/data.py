@@ -24,7 +24,7 @@ import numpy as np
 import platformdirs
 import torch
 
-from marketplace.errors import MarketplaceError
+from .errors import MarketplaceError
 
 __all__ = [
     "DATASETS",
@@ -373,3 +373,17 @@ def download(
         if have is not None and have != dest / f"{fname}.gz":
             have.unlink(missing_ok=True)  # the damaged plain copy would shadow the .gz
     return dest
+
+
+MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics, used for both data sets
+
+
+def load_data(name: str, split: str, data_dir: str | None, device: torch.device):
+    """Images as normalised float32 [N, 1, 28, 28] and labels int64 [N], on the device.
+
+    Callers look it up as `data.load_data` at call time, so the tests can
+    wrap it once for every trainer.
+    """
+    images, labels = load_split(name, split, data_dir)
+    x = (images.to(device=device, dtype=torch.float32) / 255.0 - MEAN) / STD
+    return x.unsqueeze(1), labels.to(device)

@@ -1,6 +1,6 @@
 """The training loop of `marketplace train-distributed`, one copy per rank.
 
-It reuses the single-process pieces of `marketplace.train` (config, data,
+It reuses the single-process pieces of `marketplace.training` (config, data,
 market, optimizer, batches, accuracy) and the checkpoint format, and adds
 what a group of ranks needs: an axis that turns a rank's evaluation into
 the shared update, rank-0-only hooks and checkpoints, a stop decision every
@@ -18,10 +18,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .. import train as T  # module access: the test suite wraps T.load_data
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .. import data
 from ..errors import MarketplaceError
 from ..functional import path_losses
+from ..training import (CheckpointError, Hook, StepRate, TrainConfig, accuracy, batch_indices, build_market,
+                        build_optimizer, leader_metrics, load_checkpoint, save_checkpoint)
 from .check import check_same_weights
 from .collectives import Collectives
 from .data_axis import DataAxis, shard_bounds
@@ -47,10 +48,10 @@ class DistributedConfig:
 @torch.no_grad()
 def sharded_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      comm: Collectives) -> tuple[float, float]:
-    """`marketplace.train.accuracy` over all ranks: each takes a slice, one all-reduce of 2 numbers."""
+    """`training.accuracy` over all ranks: each takes a slice, one all-reduce of 2 numbers."""
     start, stop = shard_bounds(len(x), comm.rank, comm.world_size)
     n = stop - start
-    acc, loss = T.accuracy(model, x[start:stop], y[start:stop]) if n else (0.0, 0.0)
+    acc, loss = accuracy(model, x[start:stop], y[start:stop]) if n else (0.0, 0.0)
     totals = comm.all_reduce(torch.tensor([round(acc * n / 100), loss * n], dtype=torch.float64), "eval")
     return 100.0 * float(totals[0]) / len(x), float(totals[1]) / len(x)
 
@@ -58,19 +59,19 @@ def sharded_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 class DistributedTrainer:
     """One rank of a distributed run. hooks (progress bar, logs) are kept on rank 0 only."""
 
-    def __init__(self, config: T.TrainConfig, dist_config: DistributedConfig, comm: Collectives,
-                 hooks: Sequence[T.Hook] = ()):
+    def __init__(self, config: TrainConfig, dist_config: DistributedConfig, comm: Collectives,
+                 hooks: Sequence[Hook] = ()):
         config.validate()
         dist_config.validate()
         self.config, self.dist, self.comm = config, dist_config, comm
         self.hooks = list(hooks) if comm.rank == 0 else []
         self.device = comm.train_device
-        self.x_train, self.y_train = T.load_data(config.dataset, "train", config.data_dir, self.device)
-        x_test, y_test = T.load_data(config.dataset, "test", config.data_dir, self.device)
+        self.x_train, self.y_train = data.load_data(config.dataset, "train", config.data_dir, self.device)
+        x_test, y_test = data.load_data(config.dataset, "test", config.data_dir, self.device)
         self.x_test, self.y_test = x_test[: config.eval_samples], y_test[: config.eval_samples]
         self.x_test_full, self.y_test_full = x_test, y_test
-        self.market = T.build_market(config, self.device)
-        self.optimizer = T.build_optimizer(config, self.market)
+        self.market = build_market(config, self.device)
+        self.optimizer = build_optimizer(config, self.market)
         self.axis = AXES[dist_config.axis](comm)
         self.axis.check(self.optimizer, config.batch)
         self.seconds_before, self.test_accuracy = 0.0, None
@@ -121,11 +122,11 @@ class DistributedTrainer:
             hook.on_start(cfg, self.market, opt.steps)
         start, first_step = time.perf_counter(), opt.steps
         elapsed = lambda: self.seconds_before + time.perf_counter() - start
-        last_log_step, last_log_time = opt.steps, elapsed()
+        rate = StepRate(opt.steps, elapsed())
         done = self._done(elapsed())
         while not done:
             step = opt.steps
-            idx = T.batch_indices(cfg.seed, step, len(self.x_train), cfg.batch)[self.axis.shard(cfg.batch)]
+            idx = batch_indices(cfg.seed, step, len(self.x_train), cfg.batch)[self.axis.shard(cfg.batch)]
             idx = idx.to(self.device)
             x, y = self.x_train[idx], self.y_train[idx]
             seen: dict[str, torch.Tensor] = {}
@@ -137,7 +138,7 @@ class DistributedTrainer:
 
             result = self.axis.step(opt, evaluate, cfg.batch)
             log = bool(self.hooks) and ((step + 1) % cfg.log_every == 0 or step == 0)
-            metrics = self._train_metrics(result.losses, result.paths, seen["products"], y) if log else {}
+            metrics = leader_metrics(result.losses, result.paths, seen["products"], y) if log else {}
             done = self._done(elapsed())
             if opt.steps % cfg.eval_every == 0 and not done:  # the last one is on the full test set
                 self.test_accuracy, test_loss = sharded_accuracy(self.market, self.x_test, self.y_test, comm)
@@ -145,13 +146,9 @@ class DistributedTrainer:
                     metrics.update(test_accuracy=self.test_accuracy, test_loss=test_loss)
             if opt.steps % self.dist.check_every == 0 and not done:
                 check_same_weights(self.market, comm, opt.steps)
-            if metrics:
-                now = elapsed()
-                metrics.update(step=opt.steps, seconds=now, lr=opt.lr[0],
-                               steps_per_second=(opt.steps - last_log_step) / max(now - last_log_time, 1e-9))
-                last_log_step, last_log_time = opt.steps, now
+            metrics = rate.stamp(metrics, opt.steps, elapsed(), opt.lr[0])
             for hook in self.hooks:
-                hook.on_step(metrics or {"step": opt.steps, "seconds": elapsed()})
+                hook.on_step(metrics)
             if cfg.checkpoint and opt.steps % cfg.checkpoint_every == 0 and not done:
                 self.save(cfg.checkpoint, elapsed())
         seconds = elapsed()
@@ -173,13 +170,6 @@ class DistributedTrainer:
             return False
         flag = torch.tensor([seconds >= cfg.max_seconds], dtype=torch.uint8)
         return bool(self.comm.broadcast(flag, "control")[0])
-
-    def _train_metrics(self, losses, paths, products, y) -> dict[str, float]:
-        """The leader path's loss (the axis's losses) and train accuracy (on this rank's examples)."""
-        leader = (paths == 0).all(dim=1).nonzero()
-        i = int(leader[0, 0]) if len(leader) else int(torch.argmin(losses))
-        return {"loss": float(losses[i]), "train_accuracy": 100.0 * float((products[i].argmax(1) == y).float().mean()),
-                "best_loss": float(losses.min()), "mean_loss": float(losses.mean())}
 
     def _summary(self, test_loss: float, seconds: float, steps_run: int) -> dict[str, Any]:
         cfg, counter = self.config, self.comm.counter

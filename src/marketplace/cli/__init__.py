@@ -1,0 +1,36 @@
+"""The `marketplace` command line: one module per command group, each adding its commands to `app`.
+
+`train` (train, evaluate), `bench`, `experiment` (experiment, plot, cost),
+`continual` (the `continual` group) and `distributed` (train-distributed).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ..errors import MarketplaceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train neural networks with forward passes only (the Marketplace algorithm).")
+
+# Each module adds its commands to `app` when imported; the order is the order of `--help`.
+from . import train, bench, experiment, continual, distributed  # noqa: E402,F401  isort: skip
+
+
+def main() -> None:
+    """Entry point: a user's mistake prints one line, not a traceback.
+
+    click reports its own usage errors (exit 2); the library's errors on bad
+    input (MarketplaceError, and ValueError from argument checks) surface here.
+    """
+    try:
+        app()
+    except (MarketplaceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+

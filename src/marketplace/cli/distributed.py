@@ -1,0 +1,109 @@
+"""`marketplace train-distributed`: the `train` command on a group of torchrun ranks.
+
+    uv run torchrun --nproc-per-node 2 -m marketplace train-distributed --axis data --vendors 4,4,4 --steps 500
+
+The command takes every option of `train` (read from its signature, so the
+two never drift apart) and adds --axis, --backend, --timeout and
+--check-every. Rank 0 alone shows the progress bar, writes the log, the
+checkpoints and the --json line. Without torchrun it runs as a world of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import typing
+from typing import Any
+
+import typer
+
+from ..errors import MarketplaceError
+from . import app
+from .parse import ints
+from .train import train as train_command
+
+# Options of `train` that are not TrainConfig fields of the same name.
+_RENAMED = {"vendors", "sampling", "unit", "on_nonfinite", "regenerate_deltas", "log", "json_out", "quiet"}
+
+
+def _distributed_options(
+    axis: str = typer.Option("data", help="data: ranks split each batch (same vendors); "
+                             "replica: ranks probe different vendors on the same batch"),
+    backend: str = typer.Option("auto", help="auto (nccl on CUDA, gloo on CPU), gloo or nccl"),
+    timeout: float = typer.Option(120.0, help="seconds a collective waits for a peer before the run fails"),
+    check_every: int = typer.Option(100, help="steps between checks that every rank holds the same weights"),
+):
+    """Only its signature is used: the options train-distributed adds to train's."""
+
+
+def _train_config(options: dict[str, Any]):
+    """A TrainConfig from train's options, converted as `marketplace train` converts them."""
+    from ..training import TrainConfig
+
+    if options["unit"] not in ("spec", "model"):
+        raise typer.BadParameter(f"--unit must be 'spec' or 'model', got {options['unit']!r}")
+    if options["on_nonfinite"] not in ("stop", "skip"):
+        raise typer.BadParameter(f"--on-nonfinite must be 'stop' or 'skip', got {options['on_nonfinite']!r}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    defaults = {name: getattr(p.default, "default", p.default)
+                for name, p in inspect.signature(train_command).parameters.items()}
+    # An option of `train` that is no TrainConfig field is one this command cannot pass on: refuse it when set.
+    unknown = sorted(k for k in set(options) - fields - _RENAMED if options[k] != defaults.get(k))
+    if unknown:
+        names = ", ".join("--" + u.replace("_", "-") for u in unknown)
+        raise MarketplaceError(f"train-distributed does not support {names} yet")
+    plain = {k: v for k, v in options.items() if k in fields and k not in _RENAMED}
+    return TrainConfig(
+        **plain, vendors=ints(options["vendors"], "--vendors"),
+        sampling=ints(options["sampling"], "--sampling") if options["sampling"] else None,
+        per_spec=options["unit"] == "spec", on_nonfinite="raise" if options["on_nonfinite"] == "stop" else "skip",
+        cache_deltas=not options["regenerate_deltas"],
+    )
+
+
+def train_distributed(**options: Any) -> None:
+    """Train the beautiful-MNIST CNN on every rank of a torchrun job, exchanging only seeds and losses."""
+    from ..distributed import DistributedConfig, DistributedTrainer, init_from_env, shutdown
+    from ..training import JsonLog, ProgressBar
+
+    extra = {name: options.pop(name) for name in inspect.signature(_distributed_options).parameters}
+    log, json_out, quiet = options["log"], options["json_out"], options["quiet"]
+    config = _train_config(options)
+    dist_config = DistributedConfig(**extra)
+    dist_config.validate()
+    comm = init_from_env(dist_config.backend, config.device, dist_config.timeout)
+    try:
+        hooks = []
+        if comm.rank == 0:
+            hooks = [] if quiet else [ProgressBar()]
+            if log:
+                hooks.append(JsonLog(log))
+        summary = DistributedTrainer(config, dist_config, comm, hooks).run()
+    finally:
+        shutdown()
+    if json_out and comm.rank == 0:
+        print(json.dumps(summary), flush=True)
+
+
+# torchrun reads every argument that abbreviates one of its own options, even
+# after the module name: `--log` is ambiguous there (--log-dir, ...), so
+# this command also takes it as --log-file.
+_LOG = typer.Option(None, "--log-file", "--log", help="append a JSON line per logged step to this file "
+                    "(under torchrun write --log-file)")
+
+
+def _register() -> None:
+    """Add `train-distributed` to the command line, with train's options and the distributed ones."""
+    params, hints = [], {}
+    for fn in (train_command, _distributed_options):
+        resolved = typing.get_type_hints(fn)  # the annotations are strings (postponed evaluation)
+        for p in inspect.signature(fn).parameters.values():
+            hints[p.name] = resolved[p.name]
+            params.append(p.replace(annotation=resolved[p.name], default=_LOG if p.name == "log" else p.default))
+    train_distributed.__signature__ = inspect.Signature(params)
+    train_distributed.__annotations__ = {**hints, "return": None}
+    app.command("train-distributed")(train_distributed)
+
+
+_register()

@@ -1,0 +1,87 @@
+"""`marketplace train` and `marketplace evaluate`: the supervised program."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from ..errors import MarketplaceError
+from . import app
+from .parse import ints
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist"),
+    algorithm: str = typer.Option("v2", help="v1 (keep the best path), v2 (reconcile all paths) or adaptive"),
+    vendors: str = typer.Option("4,4,4", help="vendors per spec: 4,4,4 = the CNN split 3 ways; 64 = all at once"),
+    sampling: Optional[str] = typer.Option(None, help="upstream sampling per spec, 0 = all (default: all)"),
+    batch: int = typer.Option(128, help="examples per step"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: 0.15 for v2, 0.003 for v1)"),
+    decay: float = typer.Option(1e-5, help="lr <- lr * (1 - decay) every step"),
+    probe_scale: float = typer.Option(0.03, help="v2: vendors probe at lr * probe_scale"),
+    unit: str = typer.Option("spec", help="v2: unit vector per 'spec' or over the whole 'model'"),
+    meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
+    steps: Optional[int] = typer.Option(None, help="stop after this many steps"),
+    max_seconds: Optional[float] = typer.Option(None, help="stop after this much wall time"),
+    seed: int = typer.Option(0, help="seeds the model, the batches and every vendor"),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
+    eval_every: int = typer.Option(100, help="steps between test evaluations (base weights)"),
+    eval_samples: int = typer.Option(2_000, help="test examples used by the evaluations during training (the final one uses all)"),
+    checkpoint: Optional[str] = typer.Option(None, help="safetensors file written every --checkpoint-every steps and at the end"),
+    checkpoint_every: int = typer.Option(500, help="steps between checkpoints"),
+    resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
+    on_nonfinite: str = typer.Option("stop", help="a NaN/inf loss: 'stop' with an error or 'skip' the update"),
+    regenerate_deltas: bool = typer.Option(False, help="regenerate deltas from seeds instead of caching them"),
+    log: Optional[str] = typer.Option(None, help="append a JSON line per logged step to this file"),
+    data_dir: Optional[str] = typer.Option(None, help="directory with the IDX files (else $MARKETPLACE_DATA_DIR, the cache, a download)"),
+    json_out: bool = typer.Option(False, "--json", help="print one final JSON line with the results"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+):
+    """Train the beautiful-MNIST CNN as a market and report test accuracy."""
+    from ..training import JsonLog, ProgressBar, TrainConfig, train as run
+
+    if unit not in ("spec", "model"):
+        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
+    if on_nonfinite not in ("stop", "skip"):
+        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
+    config = TrainConfig(
+        dataset=dataset, algorithm=algorithm, vendors=ints(vendors, "--vendors"),
+        sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,
+        probe_scale=probe_scale, per_spec=unit == "spec", meta_lr=meta_lr, steps=steps,
+        max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every, eval_samples=eval_samples,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+        on_nonfinite="raise" if on_nonfinite == "stop" else "skip", cache_deltas=not regenerate_deltas,
+        data_dir=data_dir,
+    )
+    hooks = [] if quiet else [ProgressBar()]
+    if log:
+        hooks.append(JsonLog(log))
+    summary = run(config, hooks)
+    if json_out:
+        print(json.dumps(summary), flush=True)
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="a checkpoint written by `marketplace train`"),
+    dataset: Optional[str] = typer.Option(None, help="default: the dataset it was trained on"),
+    device: str = typer.Option("auto"),
+    data_dir: Optional[str] = typer.Option(None),
+    json_out: bool = typer.Option(False, "--json"),
+):
+    """Test accuracy of a checkpoint's base weights."""
+    from .. import data
+    from ..machine import resolve_device
+    from ..training import accuracy, load_checkpoint, market_from_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    market = market_from_checkpoint(ckpt, checkpoint, dev)
+    name = dataset or ckpt.meta.get("config", {}).get("dataset", "mnist")
+    x, y = data.load_data(name, "test", data_dir, dev)
+    acc, loss = accuracy(market, x, y)
+    result = {"test_accuracy": acc, "test_loss": loss, "dataset": name, "steps": ckpt.optimizer.get("steps")}
+    print(json.dumps(result) if json_out else f"{name} test accuracy {acc:.2f}% (loss {loss:.4f})")

@@ -1,0 +1,138 @@
+"""How a continual run is shown: progress lines, MLflow when it imports, and the article-style plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import MarketplaceError
+from ..training import Hook
+
+
+class PrintProgress(Hook):
+    """One line per validation: learning and validation accuracy of old and new classes."""
+
+    def __init__(self, every: int = 1):
+        self.every = every
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        if "val_old_accuracy" not in metrics:
+            return
+        learn = ""
+        if "learn_new_accuracy" in metrics:
+            learn = (f"learn old {metrics['learn_old_accuracy']:5.1f}% new {metrics['learn_new_accuracy']:5.1f}%  ")
+        print(f"step {metrics['step']:>6}  {learn}val old {metrics['val_old_accuracy']:6.2f}% "
+              f"new {metrics['val_new_accuracy']:6.2f}%  ({metrics['seconds']:.0f} s)", flush=True)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        print(f"{summary['experiment']}: {summary['new']} {summary['val_new_start']:.2f}% -> "
+              f"{summary['val_new_end']:.2f}%, {summary['old']} {summary['val_old_start']:.2f}% -> "
+              f"{summary['val_old_end']:.2f}% after {summary['steps']} steps in {summary['seconds']:.0f} s "
+              f"on {summary['device']}", flush=True)
+
+
+def mlflow_hook(**kwargs) -> list[Hook]:
+    """[an MLflow logger for continual runs] when `import mlflow` works, else [] (MLflow is optional)."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        return []
+    from ..training.tracking import MlflowLogger
+
+    class ContinualMlflowLogger(MlflowLogger):
+        """`tracking.MlflowLogger` with the continual run's summary at the end."""
+
+        def on_end(self, summary: dict[str, Any]) -> None:
+            if not self.active:
+                return
+            self._log(metrics={f"final_{k}": v for k, v in summary.items()}, step=int(summary["steps"]))
+            for path in self.artifacts:
+                if path.is_file():
+                    self.client.log_artifact(self.run_id, str(path))
+            self.close("FINISHED")
+
+    return [ContinualMlflowLogger(**{"experiment": "marketplace-continual", **kwargs})]
+
+
+def read_log(path: str | Path) -> tuple[list[dict], dict | None, dict | None]:
+    """(step records, start record, end record) of a JSON-lines log written by `JsonLog`."""
+    steps, start, end = [], None, None
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        event = rec.get("event")
+        if event == "start":
+            start, steps = rec, []  # a log appended to twice: keep the last run
+        elif event == "end":
+            end = rec
+        elif event == "step":
+            steps.append(rec)
+    return steps, start, end
+
+
+def _ema(values: list[float], weight: float) -> list[float]:
+    out, last = [], None
+    for v in values:
+        last = v if last is None else weight * last + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothing: float = 0.9) -> Path:
+    """Plot a run's learning and validation curves, like the article's figures, to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, start, end = read_log(log)
+    if not steps:
+        raise MarketplaceError(f"{log} has no step records to plot")
+    config = (start or {}).get("config", {})
+    old = end.get("old", "old classes") if end else "old classes"
+    new = end.get("new", "new class") if end else "new class"
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = [
+        (axes[0, 0], "accuracy", f"new: {new}", "learn_new_accuracy", "val_new_accuracy", "accuracy (%)"),
+        (axes[0, 1], "accuracy", f"old: {old}", "learn_old_accuracy", "val_old_accuracy", "accuracy (%)"),
+        (axes[1, 0], "loss", f"new: {new}", "learn_new_loss", "val_new_loss", "cross-entropy"),
+        (axes[1, 1], "loss", f"old: {old}", "learn_old_loss", "val_old_loss", "cross-entropy"),
+    ]
+    for ax, kind, name, learn_key, val_key, ylabel in panels:
+        learn = [(r["step"], r[learn_key]) for r in steps if learn_key in r]
+        val = [(r["step"], r[val_key]) for r in steps if val_key in r]
+        if learn:
+            xs, ys = zip(*learn)
+            ax.plot(xs, ys, color="tab:blue", alpha=0.2, linewidth=0.8)
+            ax.plot(xs, _ema(list(ys), smoothing), color="tab:blue",
+                    label=f"learning (served requests, EMA {smoothing:g})")
+        if val:
+            xs, ys = zip(*val)
+            ax.plot(xs, ys, color="tab:red", marker="o", markersize=3, label="validation (base weights)")
+        ys_all = [v for _, v in learn + val]
+        if kind == "accuracy" and ys_all:  # at least 5 points tall, so a flat 0% curve is not blown up
+            low, high = max(0.0, min(ys_all) - 2), min(100.0, max(ys_all) + 2)
+            if high - low < 5:
+                low, high = (low, low + 5) if low < 50 else (high - 5, high)
+            ax.set_ylim(low, high)
+        ax.set_title(f"{name}: {kind}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    heading = title or f"continual learning: {config.get('experiment', '')}"
+    details = (f"market {'x'.join(map(str, config.get('vendors', [])))}, lr {config.get('lr')}, "
+               f"probe scale {config.get('probe_scale')}, unit {config.get('unit')}, "
+               f"{config.get('old_per_step')}+{config.get('new_per_step')} per step"
+               f"{', few-shot' if config.get('few_shot') else ''}")
+    if end:
+        details += f" | {end.get('steps')} steps, {end.get('seconds')} s on {end.get('device')}"
+    fig.suptitle(f"{heading}\n{details}", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,214 @@
+"""Step speed, side by side: our market step, a per-vendor loop, backprop, inference.
+
+Every row of the table is timed in the same process on the same device:
+CUDA events (or the host clock on the CPU) around each call, after warm-up,
+median of the repeats. FLOPs come from torch's FlopCounterMode over one
+call, so effective TFLOP/s is measured work over measured time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..functional import path_losses
+from ..machine import cpu_name
+from ..market import Market, MarketOutput
+from ..models import beautiful_mnist
+from ..optim import V2
+from ..vendors import Vendors
+
+
+@dataclass
+class Row:
+    name: str
+    vendors: int
+    ms: float  # median per call
+    flop: float  # per call
+    images: int  # final products (market) or images (baselines) per call
+    peak_mib: float | None
+    startup_s: float  # construction to the first finished call
+
+    @property
+    def tflops(self) -> float:
+        return self.flop / (self.ms * 1e-3) / 1e12
+
+    @property
+    def products_per_s(self) -> float:
+        return self.images / (self.ms * 1e-3)
+
+
+def looped_evaluate(market: Market, x: torch.Tensor, vendors: Vendors) -> MarketOutput:
+    """The naive reference: the same full-sampling market, one vendor at a time."""
+    products, paths = x[None], torch.zeros(1, 0, dtype=torch.int64, device=x.device)
+    for k, spec in enumerate(market.specs):
+        layout, m = market.layouts[k], market.vendor_counts[k]
+        base = market.flat_parameters(k)
+        deltas = vendors.deltas(k, layout.numel, x.device)
+        outs = []
+        for j in range(m):
+            params = layout.split(base + deltas[j])
+            flat = products.reshape(-1, *products.shape[2:])
+            outs.append(torch.func.functional_call(spec, params, (flat,)))
+        upstream = products.shape[0]
+        out = torch.stack(outs)  # [M, upstream * B, ...]
+        products = out.reshape(m * upstream, x.shape[0], *out.shape[2:])
+        paths = torch.cat([paths.repeat(m, 1), torch.arange(m, device=x.device).repeat_interleave(upstream)[:, None]], 1)
+    return MarketOutput(products, paths)
+
+
+def _timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return times
+
+
+def _flops(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], object]], device: torch.device,
+             warmup: int, repeats: int) -> Row:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    fn = make()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    startup = time.perf_counter() - t0
+    flop = _flops(fn)
+    times = _timed(fn, device, warmup, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return Row(name, m, statistics.median(times), flop, images, peak, startup)
+
+
+def bench_market(m: int, depth: int, batch: int, device: torch.device, warmup: int = 3, repeats: int = 10,
+                 compile: bool = False, precision: str = "auto", loop: bool = True) -> list[Row]:
+    """Rows for one vendor count: the V2 step, the looped step, backprop SGD, inference."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, 28, 28, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    rows = []
+
+    def market_step(looped: bool):
+        def make():
+            torch.manual_seed(0)
+            market = Market(beautiful_mnist(depth), m, precision=precision, compile=compile).to(device)
+            opt = V2(market, lr=0.1)
+
+            def step():
+                out = looped_evaluate(market, x, opt.vendors) if looped else market.evaluate(x, opt.vendors)
+                opt.step(path_losses(out.products, y), out.paths)
+            return step
+        return make
+
+    paths = m**depth
+    rows.append(_measure("market V2 step", m, paths * batch, market_step(False), device, warmup, repeats))
+    if loop:
+        rows.append(_measure("per-vendor loop step", m, paths * batch, market_step(True), device,
+                             max(1, warmup // 2), max(2, repeats // 3)))
+
+    def backprop():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*beautiful_mnist(1)).to(device)
+        sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+        def step():
+            sgd.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            sgd.step()
+        return step
+    rows.append(_measure("backprop SGD step", m, batch, backprop, device, warmup, repeats))
+
+    def inference():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*beautiful_mnist(1)).to(device)
+        chunk = x.repeat(max(1, min(paths, 64)), 1, 1, 1)  # a batch big enough to fill the device
+        amp = torch.bfloat16 if device.type == "cuda" and precision in ("auto", "bf16") else None
+
+        @torch.no_grad()
+        def step():
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                return model(chunk)
+        return step
+    rows.append(_measure("plain inference", m, batch * max(1, min(paths, 64)), inference, device, warmup, repeats))
+    return rows
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
+
+
+def to_json(rows: list[Row], config: dict) -> dict:
+    return {"config": config, "rows": [{**asdict(r), "tflops": r.tflops, "products_per_s": r.products_per_s}
+                                       for r in rows]}
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown table with ratios against the market step of the same vendor count."""
+    head = ("| what | vendors/spec | ms/step | GFLOP/step | TFLOP/s | products/s | peak MiB | start-up s | "
+            "ms vs market |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    ours = {r.vendors: r for r in rows if r.name == "market V2 step"}
+    for r in rows:
+        ratio = r.ms / ours[r.vendors].ms if r.vendors in ours else float("nan")
+        peak = f"{r.peak_mib:.0f}" if r.peak_mib is not None else "-"
+        lines.append(f"| {r.name} | {r.vendors} | {r.ms:.2f} | {r.flop / 1e9:.1f} | {r.tflops:.3f} | "
+                     f"{r.products_per_s:,.0f} | {peak} | {r.startup_s:.2f} | {ratio:.2f}x |")
+    return "\n".join(lines)
+
+
+def run(device: torch.device, vendors: list[int] | None = None, depth: int = 3, batch: int | None = None,
+        repeats: int | None = None, precision: str = "auto", compile: bool = False, loop: bool = True,
+        out: str | None = None) -> dict:
+    """Benchmark each vendor count, print the table, write JSON and markdown; CPU gets smaller defaults."""
+    cuda = device.type == "cuda"
+    vendors = vendors or ([4, 8, 16] if cuda else [2, 4])
+    batch = batch or (512 if cuda else 64)
+    repeats = repeats or (20 if cuda else 3)
+    rows = []
+    for m in vendors:
+        rows += bench_market(m, depth, batch, device, warmup=3 if cuda else 1, repeats=repeats,
+                             compile=compile, precision=precision, loop=loop)
+    config = {"device": device_name(device), "torch": torch.__version__, "date": date.today().isoformat(),
+              "depth": depth, "batch": batch, "vendors": vendors, "precision": precision,
+              "compile": compile, "command": " ".join(sys.argv)}
+    result = to_json(rows, config)
+    text = table(rows)
+    print(f"{config['device']}, torch {config['torch']}, depth {depth}, batch {batch}\n{text}")
+    path = Path(out or f"benchmarks/results/step_speed_{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    path.with_suffix(".md").write_text(
+        f"# Step speed: {config['device']}\n\n{config['date']}, torch {config['torch']}, depth {depth}, "
+        f"batch {batch}, precision {precision}, compile {compile}\n\n{text}\n")
+    return result

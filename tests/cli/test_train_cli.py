@@ -1,0 +1,159 @@
+"""Tests of the `marketplace` command line, run in-process through `marketplace.cli.main()`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import marketplace.data as data_module
+from helpers import assert_user_error, last_json, run_cli
+
+TINY = ["--steps", "2", "--batch", "8", "--eval-samples", "100", "--device", "cpu", "--quiet"]
+
+
+# -- training and evaluating --------------------------------------------------
+
+
+def test_train_prints_a_final_json_line(monkeypatch, capsys, small_data):
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2,2", *TINY, "--json",
+                             "--data-dir", small_data)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert len(out.strip().splitlines()) == 1, out  # --json --quiet: only the result
+    result = last_json(out)
+    assert 0.0 <= result["test_accuracy"] <= 100.0
+    assert result["steps"] == 2
+    assert isinstance(result["seconds"], (int, float)) and result["seconds"] >= 0
+    assert result["vendors"] == [2, 2, 2]
+    assert result["algorithm"] == "v2" and result["dataset"] == "mnist"
+
+
+def test_train_with_a_single_spec_and_progress_bar(monkeypatch, capsys, small_data):
+    args = ["train", "--vendors", "2", "--steps", "1", "--batch", "8", "--eval-samples", "100",
+            "--device", "cpu", "--json", "--data-dir", small_data]  # no --quiet: the progress bar runs
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    result = last_json(out)
+    assert result["vendors"] == [2]
+    assert result["steps"] == 1
+    assert "test accuracy" in err  # the bar's closing line goes to stderr, not into the JSON on stdout
+
+
+def test_checkpoint_then_evaluate_reports_the_same_accuracy(monkeypatch, capsys, small_data, tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    log = tmp_path / "run.jsonl"
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2", *TINY, "--json",
+                             "--checkpoint", ckpt, "--log", log, "--data-dir", small_data)
+    assert code == 0, err
+    trained = last_json(out)
+    assert ckpt.is_file()
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events[0] == "start" and events[-1] == "end"
+
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", ckpt, "--json", "--device", "cpu",
+                             "--data-dir", small_data)
+    assert code == 0, err
+    evaluated = last_json(out)
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
+    assert evaluated["steps"] == 2
+    assert evaluated["dataset"] == "mnist"
+
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", ckpt, "--device", "cpu", "--data-dir", small_data)
+    assert code == 0, err
+    assert f"{trained['test_accuracy']:.2f}%" in out
+
+
+def test_resume_through_the_cli_continues_the_step_count(monkeypatch, capsys, small_data, tmp_path):
+    ckpt = tmp_path / "r.safetensors"
+    base = ["train", "--vendors", "2,2", "--batch", "8", "--eval-samples", "100", "--device", "cpu", "--quiet",
+            "--json", "--checkpoint", ckpt, "--data-dir", small_data]
+    code, out, err = run_cli(monkeypatch, capsys, *base, "--steps", "1")
+    assert code == 0, err
+    code, out, err = run_cli(monkeypatch, capsys, *base, "--steps", "2", "--resume")
+    assert code == 0, err
+    assert last_json(out)["steps"] == 2
+
+
+# -- user errors: one line, exit 2 ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, hints",
+    [
+        pytest.param(["train", "--dataset", "cifar10", "--steps", "1"], ["cifar10"], id="unknown-dataset"),
+        pytest.param(["train", "--vendors", "0,4,4", "--steps", "1"], ["vendor"], id="zero-vendors"),
+        pytest.param(["train", "--vendors", "2,2,2,2", "--steps", "1"], ["--vendors"], id="four-specs"),
+        pytest.param(["train", "--vendors", "a,b", "--steps", "1"], ["--vendors"], id="vendors-not-ints"),
+        pytest.param(["train", "--vendors", "2,2"], ["--steps"], id="no-stop"),
+        pytest.param(["train", "--resume", "--steps", "1"], ["--checkpoint"], id="resume-no-checkpoint"),
+        pytest.param(["train", "--algorithm", "v9", "--steps", "1"], ["v9"], id="unknown-algorithm"),
+        pytest.param(["train", "--on-nonfinite", "maybe", "--steps", "1"], ["--on-nonfinite"], id="bad-nonfinite"),
+        pytest.param(["train", "--unit", "layer", "--steps", "1"], ["--unit"], id="bad-unit"),
+    ],
+)
+def test_user_errors_print_one_line(monkeypatch, capsys, tmp_path, args, hints):
+    # no data anywhere: were the mistake not caught, the run would stop on missing data, not train
+    monkeypatch.setenv("MARKETPLACE_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(data_module, "default_cache_dir", lambda: tmp_path / "cache")
+    assert_user_error(*run_cli(monkeypatch, capsys, *args), *hints)
+
+
+def test_negative_learning_rate(monkeypatch, capsys, small_data):
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2", "--lr", "-1", *TINY,
+                             "--data-dir", small_data)
+    assert_user_error(code, out, err, "-1")
+
+
+def test_evaluate_missing_checkpoint(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "missing.safetensors"
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", path)
+    assert_user_error(code, out, err, str(path))
+
+
+def test_evaluate_corrupt_checkpoint(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(os.urandom(2048))
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", path)
+    assert_user_error(code, out, err, str(path))
+
+
+def test_missing_data_offline(monkeypatch, capsys, tmp_path):
+    empty_arg, empty_env, empty_cache = (tmp_path / d for d in ("arg", "env", "cache"))
+    for d in (empty_arg, empty_env, empty_cache):
+        d.mkdir()
+    monkeypatch.setenv("MARKETPLACE_OFFLINE", "1")
+    monkeypatch.setenv("MARKETPLACE_DATA_DIR", str(empty_env))
+    monkeypatch.setattr(data_module, "default_cache_dir", lambda: empty_cache)
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2", *TINY, "--data-dir", empty_arg)
+    assert_user_error(code, out, err, "not found", "--data-dir", str(empty_arg))
+    assert os.listdir(empty_cache) == []  # nothing was downloaded
+
+
+def test_unknown_option_is_a_usage_error_without_traceback(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--no-such-option")
+    assert "Traceback" not in out + err
+    assert code == 2
+    assert "--no-such-option" in err
+
+
+def test_no_arguments_shows_help_without_traceback(monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys)
+    assert "Traceback" not in out + err
+    assert code in (0, 2)
+    assert "train" in out + err and "evaluate" in out + err
+
+
+# -- the module entry point -------------------------------------------------
+
+
+def test_python_m_marketplace_help(tmp_path):
+    env = {**os.environ, "MARKETPLACE_OFFLINE": "1", "COLUMNS": "120"}
+    proc = subprocess.run([sys.executable, "-m", "marketplace", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "train" in proc.stdout and "evaluate" in proc.stdout
+    assert "Traceback" not in proc.stderr

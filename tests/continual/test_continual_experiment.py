@@ -1,0 +1,91 @@
+"""Tests of the published continual experiments: head widening, the stream, the CLI and the scripts."""
+
+import importlib.util
+import json
+
+import torch
+
+from marketplace import Market
+
+from helpers import last_json, run_cli
+
+def test_widening_the_head_keeps_every_old_prediction():
+    from marketplace.continual.pretrain import widen_head
+    from marketplace.models import beautiful_mnist
+
+    torch.manual_seed(0)
+    market = Market(beautiful_mnist(3), [2, 2, 2])
+    x = torch.randn(16, 1, 28, 28)
+    before = market(x)
+    wide = widen_head(market, 11)
+    after = wide(x)
+    assert after.shape == (16, 11) and wide.layouts[2].numel == 576 * 11 + 11
+    assert torch.allclose(after[:, :10], before, atol=1e-6)
+    assert torch.allclose(after[:, 10], before.mean(1), atol=1e-5)
+    assert torch.equal(after.argmax(1), before.argmax(1))
+
+
+def test_shift_augment_moves_images_within_two_pixels():
+    from marketplace.continual.stream import shift_augment
+
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 14, 14] = 1.0
+    shifted = shift_augment(x, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape
+    rows, cols = (shifted[:, 0] == 1.0).nonzero()[:, 1:].T
+    assert len(rows) == 64 and (rows - 14).abs().max() <= 2 and (cols - 14).abs().max() <= 2
+    assert len(set(zip(rows.tolist(), cols.tolist()))) > 5
+
+
+def test_cli_dress_and_nine_run_log_and_plot(monkeypatch, capsys, small_data, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())  # used only if mlflow imports
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    digits, no9 = tmp_path / "digits.safetensors", tmp_path / "no9.safetensors"
+    tiny = ["--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
+            "--data-dir", small_data]
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2,2", *tiny, "--checkpoint", digits)
+    assert code == 0, err
+    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
+                             *tiny, "--checkpoint", no9, "--json")
+    assert code == 0, err
+    assert last_json(out)["exclude"] == [9]
+    run = ["--steps", "2", "--old-per-step", "12", "--new-per-step", "4", "--eval-every", "1",
+           "--eval-samples", "50", "--device", "cpu", "--data-dir", small_data, "--json"]
+    for name, ckpt in (("dress", digits), ("nine", no9)):
+        log, png = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.png"
+        code, out, err = run_cli(monkeypatch, capsys, "continual", name, "--checkpoint", ckpt, *run,
+                                 "--log", log, "--plot", png)
+        assert code == 0, err
+        summary = last_json(out)
+        assert summary["experiment"] == name and summary["steps"] == 2 and summary["learner_updates"] == 2
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        steps = [r for r in records if r["event"] == "step"]
+        assert [r["step"] for r in steps] == [0, 1, 2]
+        assert {"learn_old_accuracy", "learn_new_loss", "val_old_accuracy", "val_new_accuracy"} <= set(steps[1])
+        assert png.stat().st_size > 10_000
+    if importlib.util.find_spec("mlflow") is not None:  # optional: both runs were logged there too
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        runs = client.search_runs([client.get_experiment_by_name("marketplace-continual").experiment_id])
+        assert len(runs) == 2 and all("final_val_new_end" in r.data.metrics for r in runs)
+    code, out, err = run_cli(monkeypatch, capsys, "continual", "nine", "--checkpoint", tmp_path / "missing",
+                             *run)
+    assert code == 2 and err.startswith("error:") and "no checkpoint" in err
+
+
+def test_experiment_script_pretrains_runs_and_writes_results(monkeypatch, small_data, tmp_path):
+    import importlib.util as util
+    from pathlib import Path
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    path = Path(__file__).resolve().parents[2] / "experiments" / "continual_nine.py"
+    spec = util.spec_from_file_location("continual_nine", path)
+    script = util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    summary = script.main(["--checkpoint", str(tmp_path / "no9.safetensors"), "--pretrain-steps", "1",
+                           "--steps", "2", "--eval-every", "1", "--eval-samples", "50", "--device", "cpu",
+                           "--data-dir", str(small_data), "--out", str(tmp_path / "out")])
+    assert summary["experiment"] == "nine" and summary["learner_updates"] == 2
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"nine.jsonl", "nine.png", "nine.json"}
