@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from . import formulations
 from .errors import MarketplaceError
 from .vendors import Vendors
 
@@ -102,6 +103,8 @@ class Market(nn.Module):
     channels_last: image products in channels-last layout ("auto": yes, for
     4-d products; faster on CUDA and, measured, on the CPU too).
     compile: run each spec's vendor batch through `torch.compile`.
+    formulation: how a spec's vendor batch is laid out ("vmap", "grouped",
+    "wide", or "auto": the fastest measured per device); see formulations.py.
     """
 
     def __init__(
@@ -113,13 +116,18 @@ class Market(nn.Module):
         precision: str = "auto",
         channels_last: bool | str = "auto",
         compile: bool = False,
+        formulation: str = "auto",
     ):
         super().__init__()
         if precision not in _PRECISIONS:
             raise MarketError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
         if channels_last not in (True, False, "auto"):
             raise MarketError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
+        if formulation not in formulations.FORMULATIONS:
+            raise MarketError(f"formulation must be one of {', '.join(formulations.FORMULATIONS)}, "
+                              f"got {formulation!r}")
         self.precision, self.channels_last, self.compile = precision, channels_last, bool(compile)
+        self.formulation = formulation
         self._compiled: dict = {}
         specs = list(specs)
         if not specs:
@@ -254,18 +262,22 @@ class Market(nn.Module):
         shared: every vendor reads the same input [N, ...] (one wide op),
         else vendor j reads inp[j] (grouped ops).
         """
-        if shared and inp.dim() == 4 and self.channels_last in (True, "auto"):
+        channels_last = self.channels_last in (True, "auto")
+        form = formulations.resolve(self.formulation, inp.device)
+        if form == "vmap" and shared and inp.dim() == 4 and channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
-        key = (k, shared)
+        key = (k, shared, form)
         fn = self._compiled.get(key)
         if fn is None:
-            spec = self.specs[k]
-            call = lambda p, x: functional_call(spec, p, (x,))
-            fn = vmap(call, in_dims=(0, None if shared else 0))
+            fn = formulations.spec_function(self.specs[k], form, shared, channels_last)
             if self.compile:
                 fn = torch.compile(fn, dynamic=False)
             self._compiled[key] = fn
-        return self._call(k, lambda x: fn(params, x), inp)
+        try:
+            return self._call(k, lambda x: fn(params, x), inp)
+        except formulations.Unsupported:  # a shape the grouped layout has no rule for: vmap from now on
+            self._compiled[key] = fn = formulations.vmap_spec(self.specs[k], shared)
+            return self._call(k, lambda x: fn(params, x), inp)
 
     def _call(self, k: int, fn, inp: torch.Tensor) -> torch.Tensor:
         """Run spec k, turning torch's shape errors into one line that names the spec."""
