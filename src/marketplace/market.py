@@ -102,7 +102,8 @@ class Market(nn.Module):
     fp32 elsewhere); losses are reduced in float32 either way.
     channels_last: image products in channels-last layout ("auto": yes, for
     4-d products; faster on CUDA and, measured, on the CPU too).
-    compile: run each spec's vendor batch through `torch.compile`.
+    compile: run each spec's vendor batch through `torch.compile` (True, or a
+    mode name such as "max-autotune" or "reduce-overhead", CUDA graphs).
     formulation: how a spec's vendor batch is laid out ("vmap", "grouped",
     "wide", or "auto": the fastest measured per device); see formulations.py.
     """
@@ -115,7 +116,7 @@ class Market(nn.Module):
         *,
         precision: str = "auto",
         channels_last: bool | str = "auto",
-        compile: bool = False,
+        compile: bool | str = False,
         formulation: str = "auto",
     ):
         super().__init__()
@@ -126,7 +127,8 @@ class Market(nn.Module):
         if formulation not in formulations.FORMULATIONS:
             raise MarketError(f"formulation must be one of {', '.join(formulations.FORMULATIONS)}, "
                               f"got {formulation!r}")
-        self.precision, self.channels_last, self.compile = precision, channels_last, bool(compile)
+        self.precision, self.channels_last = precision, channels_last
+        self.compile = compile if isinstance(compile, str) else bool(compile)
         self.formulation = formulation
         self._compiled: dict = {}
         specs = list(specs)
@@ -271,7 +273,8 @@ class Market(nn.Module):
         if fn is None:
             fn = formulations.spec_function(self.specs[k], form, shared, channels_last)
             if self.compile:
-                fn = torch.compile(fn, dynamic=False)
+                mode = self.compile if isinstance(self.compile, str) else None
+                fn = torch.compile(fn, dynamic=False, mode=mode)
             self._compiled[key] = fn
         try:
             return self._call(k, lambda x: fn(params, x), inp)
