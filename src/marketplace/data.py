@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import platformdirs
 import torch
 
 from .errors import MarketplaceError
@@ -115,7 +114,15 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def default_cache_dir() -> Path:
-    """Where downloads go, so they survive across runs and projects."""
+    """Where downloads go, so they survive across runs and projects.
+
+    platformdirs is imported here, not at the top, and is optional: the lent
+    GPU machine reads MARKETPLACE_DATA_DIR and lacks it (then ~/.cache).
+    """
+    try:
+        import platformdirs
+    except ImportError:
+        return Path.home() / ".cache" / "marketplace" / "data"
     return Path(platformdirs.user_cache_dir("marketplace")) / "data"
 
 
