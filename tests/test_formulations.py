@@ -148,3 +148,24 @@ def test_cuda_routes_match_the_cpu_reference(route):
         gpu.load_state_dict(cpu.state_dict())
         got = gpu.evaluate(x.cuda(), vendors).products.float().cpu()
         assert float((got - expected).norm() / expected.norm()) < tol, precision
+
+
+def test_relu_in_place_never_touches_the_callers_input():
+    """A spec that starts with ReLU on products it was handed must leave those products as they were."""
+    spec = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(6, 2), nn.ReLU())
+    params = {n: p.detach().expand(3, *p.shape).clone() for n, p in spec.named_parameters()}
+    inp = torch.randn(3, 4, 6)
+    before = inp.clone()
+    for shared, x in ((False, inp), (True, inp[0])):
+        formulations.grouped_spec(spec, params, x, shared=shared, wide=True)
+    assert torch.equal(inp, before)
+
+
+@pytest.mark.cuda
+def test_short_cuda_training_run_learns(small_data):
+    from marketplace.training import TrainConfig, train
+
+    summary = train(TrainConfig(vendors=(4, 4, 4), batch=256, steps=100, eval_every=50, eval_samples=200,
+                                device="cuda", data_dir=str(small_data)))
+    assert summary["device"].startswith("cuda") and summary["steps"] == 100
+    assert summary["test_accuracy"] > 35.0  # chance is 10%; 100 CPU steps of this market reach ~50%

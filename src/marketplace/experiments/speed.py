@@ -146,7 +146,8 @@ def _flops(fn: Callable[[], object]) -> float:
 
 
 def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], object]], device: torch.device,
-             warmup: int, repeats: int, variant: str = "") -> Row:
+             warmup: int, repeats: int, variant: str = "", flop: float | None = None) -> Row:
+    """Start-up (construction to the first finished call), FLOPs (unless given), then the timed calls."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -156,7 +157,7 @@ def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], obj
     if device.type == "cuda":
         torch.cuda.synchronize()
     startup = time.perf_counter() - t0
-    flop = _flops(fn)
+    flop = _flops(fn) if flop is None else flop
     faults: list[int] = []
     times = _timed(fn, device, warmup, repeats, faults)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
@@ -194,9 +195,10 @@ def bench_market(m: int, depth: int, batch: int, device: torch.device, warmup: i
     paths = m**depth
     if variants is None:
         rows.append(_measure("market V2 step", m, paths * batch, market_step(False), device, warmup, repeats))
-    for text in variants or []:
+    for text in variants or []:  # one function in every variant: its FLOPs are counted once
+        flop = rows[-1].flop if rows and rows[-1].name == "market V2 step" else None
         rows.append(_measure("market V2 step", m, paths * batch, market_step(False, Variant.parse(text)), device,
-                             warmup, repeats, variant=text))
+                             warmup, repeats, variant=text, flop=flop))
     if philox:
         rows.append(_measure("philox deltas", m, 0, lambda: _philox(m, depth, device), device, warmup, repeats))
     if loop:
