@@ -77,8 +77,8 @@ def grouped_layer(module: nn.Module, own: dict[str, torch.Tensor], h: torch.Tens
     """One layer, every vendor on its own slice: h [G, M, *features] -> [G, M, *out].
 
     own: the layer's stacked vendor weights {name: [M, *shape]}. owned: h was
-    made inside this spec, so a ReLU may overwrite it (at 16 vendors and batch
-    512 one product tensor of the CNN's second spec is 27 GB in bf16).
+    made inside this spec, so a ReLU may overwrite it instead of allocating
+    another tensor of the same size (the step's largest).
     """
     g, m = h.shape[:2]
     merged = lambda t: t.reshape(g, m * t.shape[2], *t.shape[3:])  # [G, M*C, H, W]

@@ -164,6 +164,40 @@ def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], obj
     return Row(name, m, statistics.median(times), flop, images, peak, startup, variant, statistics.median(faults))
 
 
+def _measure_interleaved(name: str, m: int, images: int, makes: list, variants: list[str], device: torch.device,
+                         warmup: int, repeats: int) -> list[Row]:
+    """Like `_measure` for several variants of one function, timed round-robin.
+
+    On a shared machine the load changes from minute to minute; taking
+    turns call by call slows every variant alike, so their ratios hold.
+    FLOPs are counted once (the variants compute the same function).
+    """
+    fns, startups, peaks = [], [], []
+    for make in makes:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        fn = make()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        startups.append(time.perf_counter() - t0)
+        peaks.append(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
+        fns.append(fn)
+    flop = _flops(fns[0])
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    faults: list[list[int]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            times[i] += _timed(fn, device, 0, 1, faults[i])
+    return [Row(name, m, statistics.median(t), flop, images, peak, startup, variant, statistics.median(f))
+            for t, f, peak, startup, variant in zip(times, faults, peaks, startups, variants)]
+
+
 def bench_market(m: int, depth: int, batch: int, device: torch.device, warmup: int = 3, repeats: int = 10,
                  compile: bool = False, precision: str = "auto", loop: bool = True,
                  variants: list[str] | None = None, philox: bool = False, baselines: bool = True) -> list[Row]:
@@ -195,10 +229,10 @@ def bench_market(m: int, depth: int, batch: int, device: torch.device, warmup: i
     paths = m**depth
     if variants is None:
         rows.append(_measure("market V2 step", m, paths * batch, market_step(False), device, warmup, repeats))
-    for text in variants or []:  # one function in every variant: its FLOPs are counted once
-        flop = rows[-1].flop if rows and rows[-1].name == "market V2 step" else None
-        rows.append(_measure("market V2 step", m, paths * batch, market_step(False, Variant.parse(text)), device,
-                             warmup, repeats, variant=text, flop=flop))
+    if variants:
+        makers = [market_step(False, Variant.parse(text)) for text in variants]
+        rows += _measure_interleaved("market V2 step", m, paths * batch, makers, list(variants), device,
+                                     warmup, repeats)
     if philox:
         rows.append(_measure("philox deltas", m, 0, lambda: _philox(m, depth, device), device, warmup, repeats))
     if loop:

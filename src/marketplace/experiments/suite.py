@@ -130,8 +130,11 @@ class Suite:
     def cuda_tests(self) -> dict:
         """`pytest -m cuda`: Philox bits CUDA == CPU, fast paths near fp32, a short CUDA training run."""
         cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-p", "no:cacheprovider", "-q", "-rs", "tests"]
+        src = str(Path(__file__).resolve().parents[2])  # the package's own source, whatever PYTHONPATH says
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
         try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, min(150.0, self.left())))
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(src).parent,
+                                 timeout=max(30.0, min(150.0, self.left())))
             text, code = out.stdout + out.stderr, out.returncode
         except subprocess.TimeoutExpired as e:
             text, code = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), -1
