@@ -33,3 +33,18 @@ def test_parts_that_do_not_fit_the_budget_are_skipped_with_a_reason(tmp_path):
     assert broken["status"] == "error" and "ZeroDivisionError" in broken["error"]
     saved = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert saved["parts"]["slow"]["status"] == "skipped"  # written after every part
+
+
+def test_the_script_refuses_unknown_parts(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as info:
+        script.main(["--only", "step_speed,warp_drive", "--device", "cpu"])
+    assert info.value.code == 2 and "warp_drive" in capsys.readouterr().err
