@@ -169,3 +169,15 @@ def test_short_cuda_training_run_learns(small_data):
                                 device="cuda", data_dir=str(small_data)))
     assert summary["device"].startswith("cuda") and summary["steps"] == 100
     assert summary["test_accuracy"] > 35.0  # chance is 10%; 100 CPU steps of this market reach ~50%
+
+
+def test_a_spec_without_parameters_runs_grouped_or_goes_to_vmap(monkeypatch):
+    spec = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randn(3, 4, 2, 6, 6)  # [M, N, C, H, W]: vendor j's own input
+    expected = torch.stack([spec(xi) for xi in x])
+    torch.testing.assert_close(formulations.grouped_spec(spec, {}, x, shared=False), expected)
+    with pytest.raises(formulations.Unsupported):
+        formulations.grouped_spec(spec, {}, x[0], shared=True)
+    monkeypatch.setattr(formulations, "vmap_spec", lambda spec, shared: "vmap")
+    assert formulations.spec_function(spec, "wide", shared=True) == "vmap"  # no weights: vmap decides
+    assert formulations.spec_function(spec, "wide", shared=False) != "vmap"

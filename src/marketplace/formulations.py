@@ -137,7 +137,12 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
     inp: [N, ...] read by every vendor (shared) or [M, N, ...], vendor j on
     inp[j]. Returns [M, N, ...out] either way, as `vmap` would.
     """
-    m = next(iter(params.values())).shape[0]
+    if params:
+        m = next(iter(params.values())).shape[0]
+    elif not shared:
+        m = inp.shape[0]
+    else:  # no weights to say how many vendors read the input
+        raise Unsupported("a spec without parameters")
     layers = _leaves(spec)
     own = lambda prefix, mod: {n: params[prefix + n] for n, _ in mod.named_parameters(recurse=False)}
     start, owned = 0, False
@@ -173,7 +178,7 @@ def spec_function(spec: nn.Module, formulation: str, shared: bool,
     """(params, inp) -> [M, N, ...] for `spec` in a concrete formulation; vmap for what it cannot express."""
     if formulation not in FORMULATIONS[1:]:
         raise ValueError(f"formulation must be one of {', '.join(FORMULATIONS)}, got {formulation!r}")
-    if formulation == "vmap" or not expressible(spec):
+    if formulation == "vmap" or not expressible(spec) or (shared and not any(True for _ in spec.parameters())):
         return vmap_spec(spec, shared)
     wide = formulation == "wide"
     return lambda params, inp: grouped_spec(spec, params, inp, shared, wide, channels_last)

@@ -14,7 +14,7 @@ def test_tiny_suite_runs_every_part_and_leaves_json(small_data, tmp_path):
     parts = results["parts"]
     assert parts["cuda_tests"]["status"] == "skipped"
     assert {n: p["status"] for n, p in parts.items() if n != "cuda_tests"} == {
-        n: "ok" for n in ("step_speed", "v2_train", "backprop", "serving", "continual_dress",
+        n: "ok" for n in ("step_speed", "v2_train", "backprop", "serving", "philox", "continual_dress",
                           "v2_pretrain_no9", "continual_nine", "v2_train_wide")}
     assert sorted(parts["v2_train"]["test_accuracy_at"]) == [TINY.eval_every, TINY.train_steps]
     variants = [r["variant"] for r in parts["step_speed"]["rows"] if r["name"] == "market V2 step"]

@@ -229,6 +229,29 @@ class Suite:
             out[str(b)] = {"examples_per_s": rate, "vs_plain": {k: rate[k] / rate["plain"] for k in rate}}
         return out
 
+    def philox(self) -> dict:
+        """The delta expansion alone at the largest vendor count: eager int64 ops, and compiled into one kernel on CUDA."""
+        from ..models import beautiful_mnist
+        from ..rng import derive_seeds, random_bits, uniform_pm1
+
+        m = max(self.size.vendors)
+        sizes = [sum(p.numel() for p in spec.parameters()) for spec in beautiful_mnist(3)]
+        seeds = derive_seeds(1, 2, count=m).to(self.device)  # all nonzero: every vendor draws
+
+        def units(s: torch.Tensor, n: int) -> torch.Tensor:  # uniform_pm1 without the leader's branch
+            k = random_bits(s, 0, n) >> 9
+            return (2 * k + 1 - (1 << 23)).to(torch.float32) * (2.0**-23)
+
+        eager = lambda: [uniform_pm1(seeds, n) for n in sizes]
+        out = {"vendors": m, "values": m * sum(sizes),
+               "eager_ms": statistics.median(_times(eager, self.device, self.size.warmup, self.size.repeats))}
+        if self.device.type == "cuda":
+            compiled = torch.compile(units, dynamic=False)
+            out["compiled_equal"] = all(torch.equal(compiled(seeds, n), e) for n, e in zip(sizes, eager()))
+            out["compiled_ms"] = statistics.median(_times(lambda: [compiled(seeds, n) for n in sizes], self.device,
+                                                          self.size.warmup, self.size.repeats))
+        return out
+
     def continual(self, experiment: str, checkpoint: Path, steps: int, cap_s: float) -> dict:
         """A published continual experiment from a V2 checkpoint; fewer steps if `cap_s` (or the budget) is short."""
         from ..continual.experiment import ContinualConfig, run_experiment
@@ -278,6 +301,7 @@ def run_suite(suite: Suite, work: Path) -> dict:
     suite.part("v2_train", s.train_steps * per_step * 1.1 + 15, lambda: suite.train_v2(s.train_vendors, digits))
     suite.part("backprop", 2 * s.backprop_steps * 0.006 + 20, suite.backprop)
     suite.part("serving", 15, suite.serving)
+    suite.part("philox", 30 if cuda else 5, suite.philox)
     if _ok(suite, "v2_train"):
         suite.part("continual_dress", 40, lambda: suite.continual("dress", digits, s.continual_steps, s.continual_cap_s))
     suite.part("v2_pretrain_no9", s.train_steps * per_step * 1.1 + 15,
@@ -340,6 +364,9 @@ def _headline(name: str, r: dict) -> str:
     if name == "serving":
         return "; ".join(f"batch {b}: iid {v['vs_plain']['iid']:.2f}x, balanced {v['vs_plain']['balanced']:.2f}x of plain"
                          for b, v in r.items() if isinstance(v, dict))
+    if name == "philox":
+        compiled = f", compiled {r['compiled_ms']:.2f} ms (bit-equal: {r['compiled_equal']})" if "compiled_ms" in r else ""
+        return f"{r['values']:,} values ({r['vendors']} vendors): eager {r['eager_ms']:.2f} ms{compiled}"
     if name.startswith("continual"):
         return (f"{r['steps']} of {r['asked_steps']} steps ({r['steps_per_second']:.1f}/s): new {r['val_new_start']:.1f} -> "
                 f"{r['val_new_end']:.1f}%, old {r['val_old_start']:.1f} -> {r['val_old_end']:.1f}%")
