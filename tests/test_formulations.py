@@ -142,7 +142,7 @@ def test_cuda_routes_match_the_cpu_reference(route):
     vendors = draw_vendors(seed=5, step=0, counts=cpu.vendor_counts, sigma=[0.05] * 3)
     x = torch.randn(16, 1, 28, 28)
     expected = cpu.evaluate(x, vendors).products
-    for precision, tol in (("fp32", 1e-3), ("bf16", 3e-2), ("fp16", 1e-2)):
+    for precision, tol in (("fp32", 5e-3), ("bf16", 3e-2), ("fp16", 1e-2)):  # fp32 convolutions may use TF32
         gpu = Market(beautiful_mnist(3), vendors=[3, 3, 3], sampling=[0, 4, 0], precision=precision,
                      formulation=route).cuda()
         gpu.load_state_dict(cpu.state_dict())
