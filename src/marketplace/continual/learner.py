@@ -137,6 +137,11 @@ class ContinualLearner:
     def vendors(self):
         return self.optimizer.vendors
 
+    @property
+    def buffered(self) -> int:
+        """Labelled records of the current step waiting for the next update (fewer than K)."""
+        return self._count
+
     # -- requests ------------------------------------------------------------
 
     def serve(self, x: torch.Tensor, labels: torch.Tensor | None = None, ids: Sequence[Hashable] | None = None,
@@ -172,6 +177,19 @@ class ContinualLearner:
         for i, rid in enumerate(ids):
             self.pending[rid] = Pending(step, paths[i], out.logits[i], refs[i])
         return Response(out.logits, out.paths, ids, step)
+
+    def infer(self, x: torch.Tensor) -> Response:
+        """Answer a batch along random paths, keeping nothing: the caller stores (step, path, logits).
+
+        For a server whose waiting requests live in a durable store rather
+        than in `pending`: it later turns a label into a loss with `loss_fn`
+        and hands (losses, paths, step) to `record`. Counts `stats["served"]`;
+        the ids in the answer are empty.
+        """
+        step = self.step
+        out = serve(self.market, self.vendors, x, generator=self.generator, balanced=self.balanced)
+        self.stats["served"] += x.shape[0]
+        return Response(out.logits, out.paths, [], step)
 
     def label(self, ids: Sequence[Hashable], labels: torch.Tensor | Sequence[int]) -> int:
         """Labels for requests served earlier, in any order; returns how many were recorded.
