@@ -6,6 +6,7 @@ import sys
 import torch
 
 from marketplace.cli import main
+from marketplace.server.process import ServerProcess  # noqa: F401  (re-exported for the server tests)
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -64,57 +65,3 @@ def tiny_checkpoint(path, vendors=(2, 2, 2), seed=0):
     save_checkpoint(path, market.state_dict(), build_optimizer(config, market).state_dict(),
                     {"config": dataclasses.asdict(config)})
     return path
-
-
-class ServerProcess:
-    """`marketplace serve` in a subprocess on 127.0.0.1 and a free port; `start()` waits until it answers."""
-
-    def __init__(self, checkpoint, store, *args, token="test-token", threads=1):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = token
-        self.args = [sys.executable, "-m", "marketplace", "serve", str(checkpoint), "--store", str(store),
-                     "--port", str(self.port), "--token", token, "--threads", str(threads), *map(str, args)]
-        self.proc = None
-
-    def start(self, timeout=90.0):
-        import os
-        import subprocess
-        import time
-
-        import httpx
-
-        env = {**os.environ, "MARKETPLACE_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(self.args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.proc.stdout.read()}")
-            try:
-                if httpx.get(f"{self.url}/v1/status", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("the server did not answer in time")
-
-    def kill(self):
-        """SIGKILL: no shutdown hook runs."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self):
-        """SIGTERM: the server checkpoints its learner and exits."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except Exception:
-                self.kill()
-        return self.proc.returncode if self.proc else None

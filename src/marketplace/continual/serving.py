@@ -4,7 +4,8 @@ A deployed market serves every example along its own random path, so the
 requests themselves probe the vendors. The forward pass stays one batched
 computation per spec: the examples are grouped by the vendor they drew,
 padded to the largest group, run through all vendors at once over the
-stacked vendor weights, and scattered back into request order. Common layers
+stacked vendor weights, and scattered back into request order. Vendors
+that no example drew are left out (a batch of one runs one vendor, not M). Common layers
 (Conv2d, InstanceNorm2d, Linear, pooling, activations) run in a grouped
 layout, the vendors folded into the channels (one grouped convolution);
 any other spec goes through `vmap(functional_call)` as `Market.evaluate`
@@ -183,10 +184,15 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
         return Served(market(x), paths)
     h = x
     for k in range(market.depth):
-        m = market.vendor_counts[k]
-        gather, slot, group = _slots(paths[:, k], m)
+        params, vendor = market.vendor_parameters(k, vendors), paths[:, k]
+        used = torch.unique(vendor)  # sorted
+        if used.numel() < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
+            params = {name: p[used] for name, p in params.items()}
+            vendor = torch.searchsorted(used, vendor)
+        m = used.numel()
+        gather, slot, group = _slots(vendor, m)
         padded = h[gather].view(group, m, *h.shape[1:])  # [G, M, ...]
-        out = _spec_forward(market, k, market.vendor_parameters(k, vendors), padded, grouped)
+        out = _spec_forward(market, k, params, padded, grouped)
         h = out.reshape(group * m, *out.shape[2:])[slot]  # back to request order [B, ...]
     return Served(h, paths)
 
