@@ -188,7 +188,7 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
         used = torch.unique(vendor)  # sorted
         if used.numel() < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
             params = {name: p[used] for name, p in params.items()}
-            vendor = torch.searchsorted(used, vendor)
+            vendor = torch.searchsorted(used, vendor.contiguous())
         m = used.numel()
         gather, slot, group = _slots(vendor, m)
         padded = h[gather].view(group, m, *h.shape[1:])  # [G, M, ...]
