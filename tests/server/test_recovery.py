@@ -9,6 +9,7 @@ import torch
 
 from helpers import ServerProcess, tiny_checkpoint
 from marketplace.client import Client, ServerError
+from marketplace.training import load_checkpoint
 
 K = 4
 
@@ -24,6 +25,11 @@ def stream(url, token, acked, stop):
             except (httpx.HTTPError, ServerError):
                 return
             acked.append((answer.ids, reply["step"]))
+
+
+def last_seq(store):
+    with sqlite3.connect(store / "store.sqlite3") as db:
+        return db.execute("SELECT MAX(seq) FROM records").fetchone()[0]
 
 
 def stored_feedback(store):
@@ -71,4 +77,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(tmp_path):
         assert status["step"] == step and status["replayed"] >= 3
         assert httpx.get(f"{third.url}/v1/weights", headers={"X-Token": third.token}).content == blob
     finally:
-        third.stop()
+        third.stop()  # uvicorn shuts down gracefully, then re-raises SIGTERM (exit status -15)
+    # SIGTERM checkpointed the learner with every record applied: the next start replays none.
+    saved = load_checkpoint(store / "learner.safetensors")
+    assert saved.meta["applied_seq"] == last_seq(store) and saved.optimizer["optimizer.steps"] == step
