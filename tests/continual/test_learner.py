@@ -46,6 +46,10 @@ def test_infer_keeps_nothing_and_recorded_losses_update_like_labels():
     kept.serve(x, labels=y)
     assert stored.step == kept.step == 1
     assert torch.equal(weights(stored), weights(kept))
+    # After the update infer uses the new vendors and weights, not the stacked ones it reused during step 0.
+    again = stored.infer(x)
+    reference = serve(kept.market, kept.vendors, x, paths=again.paths)
+    assert again.step == 1 and torch.allclose(again.logits, reference.logits, atol=1e-6)
 
 
 def test_delayed_labels_in_any_order_give_the_same_update():

@@ -15,6 +15,7 @@ does. There is no Python loop over examples or vendors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -158,7 +159,8 @@ def balanced_paths(counts, batch: int, generator: torch.Generator | None = None,
 
 @torch.no_grad()
 def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor | None = None,
-          generator: torch.Generator | None = None, balanced: bool = False, grouped: bool = True) -> Served:
+          generator: torch.Generator | None = None, balanced: bool = False, grouped: bool = True,
+          stacked: Sequence[dict[str, torch.Tensor]] | None = None) -> Served:
     """Run each example of x through its own path of the market.
 
     x: [B, ...]; vendors: the current vendors (e.g. an optimizer's
@@ -166,6 +168,9 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
     is drawn for every example from `generator`: uniform and independent
     vendors, or with `balanced` a shuffled even spread (`balanced_paths`).
     grouped=False runs every spec through vmap (the general path).
+    stacked: `market.vendor_parameters(k, vendors)` for every spec, made
+    once by a caller that serves many batches with the same weights and
+    vendors (a server, between two updates); None computes them here.
     Returns logits [B, ...] and paths [B, N].
     """
     if tuple(vendors.counts) != market.vendor_counts:
@@ -184,7 +189,8 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
         return Served(market(x), paths)
     h = x
     for k in range(market.depth):
-        params, vendor = market.vendor_parameters(k, vendors), paths[:, k]
+        params = stacked[k] if stacked is not None else market.vendor_parameters(k, vendors)
+        vendor = paths[:, k]
         used = torch.unique(vendor)  # sorted
         if used.numel() < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
             params = {name: p[used] for name, p in params.items()}
