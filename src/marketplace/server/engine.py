@@ -81,11 +81,6 @@ class Engine:
     def step(self) -> int:
         return self.learner.step
 
-    @property
-    def classes(self) -> int:
-        with torch.no_grad():
-            return int(self.market(torch.zeros(1, *self.input_shape, device=self.market.device)).shape[-1])
-
     # -- recovery ------------------------------------------------------------
 
     def _open_store(self) -> None:
