@@ -105,7 +105,9 @@ LAYERS = {
 def test_layer_as_a_spec_batched_equals_looped(layer, sampling):
     make_specs, make_input = LAYERS[layer]
     torch.manual_seed(0)
-    market = Market(make_specs(), vendors=[3, 2, 2], sampling=[0, 2, 2] if sampling == "partial" else 0)
+    specs = make_specs()
+    counts = [m if any(True for _ in s.parameters()) else 1 for m, s in zip([3, 2, 2], specs)]
+    market = Market(specs, vendors=counts, sampling=[0, 2, 2] if sampling == "partial" else 0)
     market.eval()  # random layers off: the reference has no masks to match
     vendors = draw_vendors(seed=4, step=1, counts=market.vendor_counts, sigma=[0.2] * 3)
     x = make_input()
