@@ -3,8 +3,8 @@
     nice -n 5 uv run python experiments/resnet.py --steps 300                      # the CPU run in results/resnet/
     uv run python experiments/resnet.py --arch resnet18 --dataset cifar10 --device cuda --steps 2000 --batch 256
 
-Writes results/resnet/{v2,sgd,adam}.jsonl and resnet.json; `experiments/resnet_report.py`
-turns them into resnet.md and resnet.png. See src/marketplace/experiments/resnet.py.
+Writes results/resnet/{v2,sgd,adam}.jsonl, resnet.json, resnet.md and resnet.png
+(`--report-only` redraws the last two). See src/marketplace/experiments/resnet.py.
 """
 
 import sys

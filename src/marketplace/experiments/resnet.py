@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from ..functional import path_losses
 from ..machine import machine_summary, resolve_device
 from ..training import TrainConfig, accuracy, batch_indices, build_market, build_optimizer
+from ..training.config import DEFAULT_LR
 from ..training.loop import load_training_data, num_classes
 
 
@@ -103,8 +105,73 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         results["runs"].append(_curve(name, bp_step, model, data, cfg, args.steps, budget, args.late_eval_every,
                                       args.max_backprop_steps, out / f"{name}.jsonl"))
-    (out / "resnet.json").write_text(json.dumps(results, indent=1))
+    write_json(out / "resnet.json", results)
+    write_report(out)
     return results
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomically: a temporary file beside `path`, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def write_report(out: Path) -> None:
+    """resnet.md (the table, the machine) and resnet.png (accuracy against steps and seconds) from resnet.json."""
+    results = json.loads((out / "resnet.json").read_text())
+    cfg = results["config"]
+    v2 = results["runs"][0]
+    rows = ["| run | steps | train seconds | test accuracy (10,000) |", "| --- | ---: | ---: | ---: |"]
+    for r in results["runs"]:
+        rows.append(f"| {r['run']} at equal steps | {r['equal_steps']['step']} | {r['equal_steps']['seconds']:.0f} | "
+                    f"{r['equal_steps']['test_accuracy']:.2f}% |")
+    for r in results["runs"][1:]:
+        rows.append(f"| {r['run']} at V2's wall time | {r['end']['step']} | {r['end']['seconds']:.0f} | "
+                    f"{r['end']['test_accuracy']:.2f}% |")
+    text = [
+        f"# {cfg['arch']} (GroupNorm) on {cfg['dataset']}: V2 against backprop",
+        "",
+        f"Machine: {results['machine']}; **shared** with other jobs while it ran, so seconds are noisy "
+        "(the step counts are not).",
+        f"Market {v2['run'][3:]} ({v2.get('paths_per_step')} paths per step), batch {cfg['batch']}, "
+        f"V2 lr {cfg['lr'] or DEFAULT_LR['v2']}, probe scale {cfg['probe_scale']}; SGD lr {cfg['sgd_lr']} "
+        f"(momentum {cfg['momentum']}), Adam lr {cfg['adam_lr']}; the same initial weights and batches (seed {cfg['seed']}).",
+        "Train seconds count the training steps only. Each backprop run goes on past V2's step count until its "
+        "training time reaches V2's.",
+        "",
+        *rows,
+        "",
+        f"Curves (test accuracy on the first {cfg['eval_samples']} test images): resnet.png; logs: v2.jsonl, "
+        "sgd.jsonl, adam.jsonl. Rerun: `nice -n 5 uv run python experiments/resnet.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if v is not None and k != "out") + "`.",
+        "",
+    ]
+    (out / "resnet.md").write_text("\n".join(text))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for r in results["runs"]:
+        steps = [row["step"] for row in r["curve"]]
+        secs = [row["seconds"] for row in r["curve"]]
+        acc = [row["test_accuracy"] for row in r["curve"]]
+        axes[0].plot(steps, acc, marker=".", label=r["run"])
+        axes[1].plot(secs, acc, marker=".", label=r["run"])
+    axes[0].set_xlim(0, v2["end"]["step"] * 1.05)
+    axes[0].set_xlabel("steps (equal steps)")
+    axes[1].set_xlabel("training seconds (equal wall time)")
+    axes[1].axvline(v2["end"]["seconds"], color="grey", lw=0.8, ls="--")
+    axes[0].set_ylabel(f"test accuracy % (first {cfg['eval_samples']})")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{cfg['arch']} on {cfg['dataset']}, shared CPU", fontsize=10)
+    fig.tight_layout()
+    tmp = out / ".resnet.png.tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, out / "resnet.png")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -127,8 +194,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="results/resnet")
+    p.add_argument("--report-only", action="store_true", help="rewrite resnet.md and resnet.png from resnet.json")
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run(parser().parse_args(argv))
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parser().parse_args(argv)
+    if args.report_only:
+        write_report(Path(args.out))
+        return None
+    return run(args)

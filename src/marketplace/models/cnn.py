@@ -42,7 +42,7 @@ def beautiful_mnist(depth: int = 3, classes: int = 10,
         norm = NORMS[norm]
     side = ((size - 8) // 2 - 4) // 2  # two 5x5 convs, pool, two 3x3 convs, pool
     if side < 1:
-        raise ValueError(f"the beautiful-MNIST CNN needs images of at least 18x18, not {size}x{size}")
+        raise ValueError(f"the beautiful-MNIST CNN needs images of at least 20x20, not {size}x{size}")
     stage1 = _block(in_channels, 32, 5, norm)
     stage2 = _block(32, 64, 3, norm, flatten=True)
     head = [nn.Linear(64 * side * side, classes)]
