@@ -24,6 +24,7 @@ from .idx import load_split as _load_idx
 # Every name `--dataset` takes: the IDX data sets of DATASETS, then CIFAR-10.
 DATASET_NAMES = (*DATASETS, cifar.NAME)
 CLASSES = {cifar.NAME: cifar.CLASSES}
+INPUT_SHAPES = {**{name: (1, 28, 28) for name in DATASETS}, cifar.NAME: (3, 32, 32)}  # one example, as load_data gives it
 
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics, used for both IDX data sets
 
@@ -53,8 +54,13 @@ def num_classes(name: str) -> int:
     return len(CLASSES[name]) if name in CLASSES else len(DATASETS[name].classes)
 
 
+def input_shape(name: str) -> tuple[int, ...]:
+    """The shape of one example of a named data set, known without reading it."""
+    return INPUT_SHAPES[name]
+
+
 __all__ = [
     "CLASSES", "DATASETS", "DATASET_NAMES", "DataError", "DatasetInfo", "ENV_DATA_DIR", "ENV_MIRROR", "ENV_OFFLINE",
-    "FileData", "MEAN", "SPLITS", "STD", "default_cache_dir", "download", "find_dataset_dir", "load_data",
-    "load_file", "load_split", "num_classes",
+    "FileData", "INPUT_SHAPES", "MEAN", "SPLITS", "STD", "default_cache_dir", "download", "find_dataset_dir", "load_data",
+    "input_shape", "load_file", "load_split", "num_classes",
 ]

@@ -27,7 +27,7 @@ from ..functional import path_losses
 from ..machine import machine_summary, resolve_device
 from ..training import TrainConfig, accuracy, batch_indices, build_market, build_optimizer
 from ..training.config import DEFAULT_LR
-from ..training.loop import load_training_data, num_classes
+from ..training.loop import data_shape, load_training_data
 
 
 def _curve(name: str, step_fn: Callable[[torch.Tensor, torch.Tensor], None], model: torch.nn.Module,
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     x_test, y_test = load_training_data(cfg, "test", device)
     data = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
             "x_eval": x_test[: args.eval_samples], "y_eval": y_test[: args.eval_samples]}
-    shape, classes = tuple(x_train.shape[1:]), num_classes(cfg)
+    shape, classes = data_shape(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine_summary(), "config": {**vars(args)}, "runs": []}

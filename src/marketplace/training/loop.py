@@ -53,8 +53,12 @@ def load_training_data(config: TrainConfig, split: str, device: torch.device) ->
     return data.load_data(config.dataset, split, config.data_dir, device)
 
 
-def num_classes(config: TrainConfig) -> int:
-    return data.load_file(config.data).classes if config.data else data.num_classes(config.dataset)
+def data_shape(config: TrainConfig) -> tuple[tuple[int, ...], int]:
+    """(shape of one example, number of classes) of the run's data, to build the model before loading it."""
+    if config.data:
+        file = data.load_file(config.data)
+        return file.input_shape, file.classes
+    return data.input_shape(config.dataset), data.num_classes(config.dataset)
 
 
 def build_market(config: TrainConfig, device: torch.device, input_shape: Sequence[int] = (1, 28, 28),
@@ -139,12 +143,13 @@ class Trainer:
         self.config.validate()
         cfg = self.config
         self.device = resolve_device(cfg.device)
+        shape, classes = data_shape(cfg)  # the model's mistakes before the data's (a download, say)
+        self.model_record = model_record(cfg, shape, classes)
+        self.market = build_market(cfg, self.device, shape, classes)
         self.x_train, self.y_train = load_training_data(cfg, "train", self.device)
         x_test, y_test = load_training_data(cfg, "test", self.device)
         self.x_test, self.y_test = x_test[: cfg.eval_samples], y_test[: cfg.eval_samples]
         self.x_test_full, self.y_test_full = x_test, y_test
-        self.model_record = model_record(cfg, self.x_train.shape[1:], num_classes(cfg))
-        self.market = build_market(cfg, self.device, self.x_train.shape[1:], self.model_record["classes"])
         self.optimizer = build_optimizer(cfg, self.market)
         self.seconds_before = 0.0  # training time of earlier runs resumed from
         self.test_accuracy: float | None = None
