@@ -139,6 +139,8 @@ def write_report(out: Path) -> None:
         f"(momentum {cfg['momentum']}), Adam lr {cfg['adam_lr']}; the same initial weights and batches (seed {cfg['seed']}).",
         "Train seconds count the training steps only. Each backprop run goes on past V2's step count until its "
         "training time reaches V2's.",
+        "Seconds per step over the first steps: " + ", ".join(
+            f"{r['run']} {r['equal_steps']['seconds'] / r['equal_steps']['step']:.2f}" for r in results["runs"]) + ".",
         "",
         *rows,
         "",
@@ -158,13 +160,15 @@ def write_report(out: Path) -> None:
         steps = [row["step"] for row in r["curve"]]
         secs = [row["seconds"] for row in r["curve"]]
         acc = [row["test_accuracy"] for row in r["curve"]]
-        axes[0].plot(steps, acc, marker=".", label=r["run"])
-        axes[1].plot(secs, acc, marker=".", label=r["run"])
+        line = axes[0].plot(steps, acc, marker=".", label=r["run"])[0]
+        axes[1].plot(secs, acc, marker=".", color=line.get_color())
+        for ax, key, point in ((axes[0], "step", r["equal_steps"]), (axes[1], "seconds", r["end"])):
+            ax.plot([point[key]], [point["test_accuracy"]], marker="x", ms=8, color=line.get_color())
     axes[0].set_xlim(0, v2["end"]["step"] * 1.05)
     axes[0].set_xlabel("steps (equal steps)")
     axes[1].set_xlabel("training seconds (equal wall time)")
     axes[1].axvline(v2["end"]["seconds"], color="grey", lw=0.8, ls="--")
-    axes[0].set_ylabel(f"test accuracy % (first {cfg['eval_samples']})")
+    axes[0].set_ylabel(f"test accuracy % (first {cfg['eval_samples']}; x: all)")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{cfg['arch']} on {cfg['dataset']}, shared CPU", fontsize=10)
     fig.tight_layout()
