@@ -1,7 +1,6 @@
 """CIFAR-10 from pickle batches written by the test in the same format; never downloaded here."""
 
 import hashlib
-import io
 import pickle
 import tarfile
 

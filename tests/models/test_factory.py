@@ -1,7 +1,6 @@
 """A user's model factory named as MODULE:FACTORY or FILE.py:FACTORY."""
 
 import sys
-import textwrap
 
 import pytest
 from torch import nn
