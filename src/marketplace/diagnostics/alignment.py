@@ -162,6 +162,9 @@ def _measure(market: Market, lr: Sequence[float], vendors: Vendors, probe: _Prob
         "cosine": _cos(step, -torch.cat(grads)),
         # the spans of the specs' probes are orthogonal blocks: ||P g||^2 adds up over specs
         "best_cosine": math.sqrt(sum(p ** 2 for p in probe.projected) / total) if total > 0 else 0.0,
+        # each spec perfect within its span, then scaled to lr_k as V2 does: what per-spec unit vectors allow
+        "best_cosine_spec_unit": (sum(r * p for r, p in zip(lr, probe.projected))
+                                  / (math.sqrt(sum(r * r for r in lr)) * math.sqrt(total)) if total > 0 else 0.0),
         "random_cosine": random_subspace_cosine(sum(dims), sum(params)),
         # a random n_k-dim subspace in each spec's block, weighted by the gradient's share there
         "random_cosine_blocked": math.sqrt(sum(s * n / d for s, n, d in zip(share, dims, params))),

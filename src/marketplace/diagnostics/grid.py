@@ -56,12 +56,16 @@ class Cell:
 
 
 def default_cells() -> list[Cell]:
-    """The grid of the issue: vendors 2-16, depth 1-3, full and partial sampling, batch, probe width."""
+    """The grid of the issue: vendors 2-16, depth 1-3, full and partial sampling, batch, probe width.
+
+    The depth cells pair markets of about equal compute per step (cost model of section 3):
+    depth 1 x 8 vendors ~ 4x4 ~ 4x4x4, and depth 1 x 24 ~ 8x8x8.
+    """
     return [
         *[Cell("vendors", (m, m, m)) for m in (2, 4, 8, 16)],
-        Cell("depth", (8,)), Cell("depth", (8, 8)), Cell("depth", (64,)),  # 8x8x8 and 4x4x4 are above
-        Cell("sampling", (8, 8, 8), (0, 2, 2)), Cell("sampling", (16, 16, 16), (0, 4, 4)),
-        Cell("batch", (4, 4, 4), batch=32), Cell("batch", (4, 4, 4), batch=512),
+        Cell("depth", (8,)), Cell("depth", (4, 4)), Cell("depth", (24,)),
+        Cell("sampling", (8, 8, 8), (0, 2, 2)),
+        Cell("batch", (4, 4, 4), batch=32), Cell("batch", (4, 4, 4), batch=256),
         Cell("probe", (4, 4, 4), probe_scale=0.01), Cell("probe", (4, 4, 4), probe_scale=0.1),
     ]
 
@@ -112,8 +116,11 @@ def measure(cell: Cell, weights, x: torch.Tensor, y: torch.Tensor, batches: int,
 
 def run_grid(cells: Sequence[Cell], states: dict[str, torch.nn.Module | None], batches: int, seed: int,
              device: torch.device, dataset: str = "mnist", data_dir: str | None = None,
-             log: Callable[[str], None] = print) -> list[dict]:
-    """Measure every cell in every state (name -> a market holding the weights, None = initialisation)."""
+             log: Callable[[str], None] = print, done: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Measure every cell in every state (name -> a market holding the weights, None = initialisation).
+
+    done(rows) is called after every cell (to save partial results of a long grid).
+    """
     x, y = data.load_data(dataset, "train", data_dir, device)
     rows = []
     for state, weights in states.items():
@@ -123,6 +130,8 @@ def run_grid(cells: Sequence[Cell], states: dict[str, torch.nn.Module | None], b
             log(f"{state:>5} {cell.name:<24} whole cos {z['whole']['cosine']:.4f} "
                 f"best {z['whole']['best_cosine']:.4f} ({row['seconds']:.0f} s)")
             rows.append(row)
+            if done is not None:
+                done(rows)
     return rows
 
 
@@ -133,8 +142,8 @@ def _triple(values: Sequence[float]) -> str:
 def format_table(rows: Sequence[dict]) -> str:
     """Markdown: per cell and state, the z-score (V2) cosines per spec and whole, beside the bounds."""
     head = ("| state | market | paths | V2 cos per spec | best in span per spec | random subspace per spec "
-            "| V2 cos whole | best whole | random whole | V2 / best | ranks whole | model-unit whole "
-            "| V1 (best path) whole |\n|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+            "| V2 cos whole | best whole | best with spec units | random whole | V2 / best | ranks whole "
+            "| model-unit whole | V1 (best path) whole |\n|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         est = r["estimators"]
@@ -145,6 +154,7 @@ def format_table(rows: Sequence[dict]) -> str:
         lines.append(
             f"| {r['state']} | {r['name']} | {r['paths']:,} | {_triple(z['cosine'])} | {_triple(z['best_cosine'])} "
             f"| {_triple(z['random_cosine'])} | {z['whole']['cosine']:.4f} ± {zs:.4f} | {z['whole']['best_cosine']:.4f} "
+            f"| {z['whole']['best_cosine_spec_unit']:.4f} "
             f"| {z['whole']['random_cosine']:.4f} | {ratio:.2f} | {other('rank')} | {other('zscore-model')} "
             f"| {other('best')} |")
     return "\n".join(lines)
@@ -177,8 +187,10 @@ def plot(rows: Sequence[dict], path: str | os.PathLike) -> None:
             ax.scatter(n, [r["estimators"]["zscore"]["mean"]["whole"]["best_cosine"] for r in sel], marker=marker,
                        facecolors="none", edgecolors="C1", label=f"best in span ({group})")
             for r, xn in zip(sel, n):
-                ax.annotate(r["name"].split(" b")[0], (xn, r["estimators"]["zscore"]["mean"]["whole"]["cosine"]),
-                            fontsize=6, xytext=(3, -8), textcoords="offset points")
+                market, batch, probe = r["name"].split(" b")[0], f"b{r['batch']}", f"p{r['probe_scale']:g}"
+                label = {"batch": batch, "probe": probe}.get(group, market)
+                ax.annotate(label, (xn, r["estimators"]["zscore"]["mean"]["whole"]["cosine"]),
+                            fontsize=6, xytext=(4, -3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("independent probe directions n = sum_k (M_k - 1)")
