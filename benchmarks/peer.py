@@ -185,7 +185,8 @@ def race(methods, seconds: float, train, test, seed: int, eval_every: float = 60
 
 
 # (popsize, ClipUp max speed, stdev_init, batch): one change at a time around the first row. The first
-# row follows the ClipUp paper's advice (center lr = max speed / 2; radius sqrt(d) stdev ~ 15 x max speed).
+# row follows the ClipUp paper's rules of thumb (center lr = max speed / 2; radius sqrt(d) x stdev, here ~3,
+# of the order of 15 x max speed).
 TUNING = [
     (16, 0.15, 0.01, 64),
     (8, 0.15, 0.01, 64), (32, 0.15, 0.01, 64),
