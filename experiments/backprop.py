@@ -10,7 +10,7 @@ published: V2 far ahead of V1, ahead of SGD 1e-3, behind SGD 3e-3 and 7e-3.
 The same as `marketplace experiment backprop ...`; every option of that command
 works here (`--help`). Writes results/backprop/{RUN.jsonl, backprop.png, backprop.md} and
 tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments.py (backprop_runs).
+Runs and sizes are defined in src/marketplace/experiments/runs.py (backprop_runs).
 """
 
 import sys

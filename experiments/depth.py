@@ -10,7 +10,7 @@ depth 1 x 64. `--algorithm v2` repeats it with V2.
 The same as `marketplace experiment depth ...`; every option of that command
 works here (`--help`). Writes results/depth/{RUN.jsonl, depth.png, depth.md} and
 tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments.py (depth_runs).
+Runs and sizes are defined in src/marketplace/experiments/runs.py (depth_runs).
 """
 
 import sys

@@ -11,7 +11,7 @@ all the products a vendor consumes ("mixed-batch"), never running averages.
 The same as `marketplace experiment norm ...`; every option of that command
 works here (`--help`). Writes results/norm/{RUN.jsonl, norm.png, norm.md} and
 tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments.py (norm_runs).
+Runs and sizes are defined in src/marketplace/experiments/runs.py (norm_runs).
 """
 
 import sys

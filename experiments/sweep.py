@@ -9,7 +9,7 @@ works. `--lrs 0.03,0.1,0.3 --decays 1e-4,1e-5` (the default for V2) sets the gri
 The same as `marketplace experiment sweep ...`; every option of that command
 works here (`--help`). Writes results/sweep/{RUN.jsonl, sweep.png, sweep.md} and
 tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments.py (sweep_runs).
+Runs and sizes are defined in src/marketplace/experiments/runs.py (sweep_runs).
 """
 
 import sys

@@ -13,7 +13,7 @@ exits 1 if the final test accuracy misses the target.
 The same as `marketplace experiment target ...`; every option of that command
 works here (`--help`). Writes results/target/{RUN.jsonl, target.png, target.md} and
 tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments.py (target_runs).
+Runs and sizes are defined in src/marketplace/experiments/runs.py (target_runs).
 """
 
 import sys
