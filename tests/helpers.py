@@ -6,6 +6,7 @@ import sys
 import torch
 
 from marketplace.cli import main
+from marketplace.server.process import ServerProcess  # noqa: F401  (re-exported for the server tests)
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -51,3 +52,16 @@ def assert_close(a, b, atol=1e-5):
     """Two state dicts equal within float tolerance, key by key."""
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def tiny_checkpoint(path, vendors=(2, 2, 2), seed=0):
+    """A `marketplace train`-format checkpoint of an untrained CNN market, written without data (fast)."""
+    import dataclasses
+
+    from marketplace.training import TrainConfig, build_market, build_optimizer, save_checkpoint
+
+    config = TrainConfig(vendors=tuple(vendors), steps=1, seed=seed)
+    market = build_market(config, torch.device("cpu"))
+    save_checkpoint(path, market.state_dict(), build_optimizer(config, market).state_dict(),
+                    {"config": dataclasses.asdict(config)})
+    return path

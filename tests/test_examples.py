@@ -23,3 +23,18 @@ def test_mlp_two_specs_learns(data_dir):
 def test_mlp_two_specs_fails_loudly_below_its_target(data_dir):
     with pytest.raises(SystemExit, match="missed the target"):
         load("mlp_two_specs").main(steps=1, target=99.0, data_dir=str(data_dir))
+
+
+def test_custom_model_factory_builds_markets_for_two_data_sets():
+    import torch
+
+    from marketplace import Market
+    from marketplace.models import split_sequential
+
+    module = load("custom_model")
+    for shape in ((1, 28, 28), (3, 32, 32)):
+        market = Market(module.build(shape, 10), vendors=2)
+        assert market.depth == 4 and market(torch.randn(2, *shape)).shape == (2, 10)
+    market = Market(split_sequential(module.build_sequential(), (3, 6, 8)), vendors=2)
+    assert market.vendor_counts == (2, 2, 1, 2)  # the pooling spec has no parameters: one vendor
+    assert market(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -170,7 +170,8 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
 def vmap_spec(spec: nn.Module, shared: bool) -> Callable[[dict, torch.Tensor], torch.Tensor]:
     """The general route: (params {name: [M, ...]}, inp) -> [M, N, ...]."""
     call = lambda p, x: functional_call(spec, p, (x,))
-    return vmap(call, in_dims=(0, None if shared else 0))
+    # "different": each vendor (and each product, an element of x) draws its own dropout mask
+    return vmap(call, in_dims=(0, None if shared else 0), randomness="different")
 
 
 def spec_function(spec: nn.Module, formulation: str, shared: bool,

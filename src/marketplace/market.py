@@ -2,9 +2,9 @@
 
 The base weights live in ordinary `nn.Module`s (one per spec); vendors exist
 only as deltas for the length of one step. `Market.evaluate` runs every path
-through every vendor as one batched computation per spec: the vendors'
-weights are stacked and `torch.func.vmap` maps `functional_call` over them
-(conv layers become one wide or one grouped convolution).
+through every vendor as one batched computation per spec over the vendors'
+stacked weights, in one of the layouts of `formulations` (`vmap` of
+`functional_call`, or the vendors folded into grouped and wide convolutions).
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
 from . import formulations
-from .errors import MarketplaceError
+from . import specs as spec_rules
+from .errors import MarketError
 from .vendors import Vendors
-
-
-class MarketError(MarketplaceError):
-    """The market does not fit the model or the input."""
 
 
 @dataclass(frozen=True)
@@ -69,17 +65,6 @@ class MarketOutput:
 _PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _refuse_batch_statistics(k: int, spec: nn.Module) -> None:
-    for name, module in spec.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            where = f"spec {k}" + (f" ({name})" if name else "")
-            raise MarketError(
-                f"{where} is a {type(module).__name__}: its batch statistics and running averages "
-                "mix the market's products, most of which are discarded (ALGORITHM.md section 9); "
-                "use InstanceNorm, GroupNorm or LayerNorm instead"
-            )
-
-
 def _as_list(value: int | Sequence[int], n: int, what: str) -> list[int]:
     values = [value] * n if isinstance(value, int) else list(value)
     if len(values) != n:
@@ -93,9 +78,17 @@ class Market(nn.Module):
     """A model as N specs, with M_k vendors each and upstream sampling S_k.
 
     specs: one `nn.Module` per spec, applied in order; each must compute a
-    function of its parameters and its input only (no running buffers).
-    vendors: M_k per spec (or one int for all). sampling: S_k per spec, how
-    many upstream products each vendor of spec k consumes; 0 = all of them.
+    function of its parameters and its input only (constant buffers are
+    fine, running statistics and weights tied across specs are refused; see
+    `specs.py`). vendors: M_k per spec, or one int for all (a spec without
+    parameters then gets its one implicit vendor). sampling: S_k per spec,
+    how many upstream products each vendor of spec k consumes; 0 = all.
+
+    Random layers (Dropout, ...): `evaluate` in training mode (the default)
+    lets every vendor and every product draw its own mask, seeded from the
+    vendors so the same vendors give the same masks, without touching the
+    global RNG; in eval mode (`market.eval()`) it is deterministic.
+    `market(x)` is inference with the base weights: always in eval mode.
 
     Speed options of `evaluate` (the base weights stay float32 throughout):
     precision: "fp32", "bf16" or "fp16" autocast, or "auto" (bf16 on CUDA,
@@ -131,18 +124,14 @@ class Market(nn.Module):
         self.compile = compile if isinstance(compile, str) else bool(compile)
         self.formulation = formulation
         self._compiled: dict = {}
-        specs = list(specs)
-        if not specs:
-            raise MarketError("a market needs at least one spec")
-        for k, spec in enumerate(specs):
-            if not isinstance(spec, nn.Module):
-                raise MarketError(f"spec {k} is a {type(spec).__name__}, not an nn.Module")
-            _refuse_batch_statistics(k, spec)
+        specs = spec_rules.check_specs(specs)
         self.specs = nn.ModuleList(specs)
+        vendors = spec_rules.vendor_counts(specs, vendors)
         self.vendor_counts = tuple(_as_list(vendors, len(specs), "vendors"))
         self.sampling = tuple(_as_list(sampling, len(specs), "sampling"))
         if any(m < 1 for m in self.vendor_counts):
             raise MarketError(f"every spec needs at least 1 vendor, got {list(self.vendor_counts)}")
+        spec_rules.refuse_vendors_without_parameters(specs, self.vendor_counts)
         if any(s < 0 for s in self.sampling):
             raise MarketError(f"upstream sampling must be >= 0 (0 = all), got {list(self.sampling)}")
         if self.sampling[0]:
@@ -178,9 +167,10 @@ class Market(nn.Module):
     # -- base weights --------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The leader path: the base weights, no perturbation (inference)."""
-        for k, spec in enumerate(self.specs):
-            x = self._call(k, lambda inp: spec(inp), x)
+        """The leader path: the base weights, no perturbation, random layers off (inference)."""
+        with spec_rules.eval_mode(self.specs):
+            for k, spec in enumerate(self.specs):
+                x = self._call(k, lambda inp: spec(inp), x)
         return x
 
     @torch.no_grad()
@@ -209,6 +199,8 @@ class Market(nn.Module):
     def vendor_parameters(self, k: int, vendors: Vendors) -> dict[str, torch.Tensor]:
         """Stacked weights of every vendor of spec k: {name: [M_k, *shape]}."""
         layout = self.layouts[k]
+        if not layout.numel:  # a spec without parameters: one implicit vendor, nothing to perturb
+            return {}
         base = self.flat_parameters(k)
         return layout.split(base + vendors.deltas(k, layout.numel, base.device))
 
@@ -220,7 +212,8 @@ class Market(nn.Module):
         Full sampling makes product j * P_prev + p from upstream product p
         and vendor j; partial sampling draws, per vendor, S_k distinct
         upstream products with a CPU generator seeded by the vendors, so the
-        choice is the same on every device.
+        choice is the same on every device. Random layers draw from a
+        generator seeded by the vendors too (`specs.seeded_randomness`).
         """
         if tuple(vendors.counts) != self.vendor_counts:
             raise MarketError(
@@ -231,7 +224,8 @@ class Market(nn.Module):
         amp = self._amp_dtype(device)
         batch = x.shape[0]
         products, paths = x, torch.zeros(1, 0, dtype=torch.int64, device=device)
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        randomness = spec_rules.seeded_randomness(spec_rules.random_layer_seed(vendors.sampling_seed), device)
+        with randomness, torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             for k in range(self.depth):
                 m, s = self.vendor_counts[k], self.sampling[k]
                 params = self.vendor_parameters(k, vendors)
@@ -268,6 +262,9 @@ class Market(nn.Module):
         form = formulations.resolve(self.formulation, inp.device)
         if form == "vmap" and shared and inp.dim() == 4 and channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
+        if not params:  # no parameters: the one implicit vendor runs the spec as it is
+            run = (lambda x: self.specs[k](x)[None]) if shared else (lambda x: self.specs[k](x[0])[None])
+            return self._call(k, run, inp)
         key = (k, shared, form)
         fn = self._compiled.get(key)
         if fn is None:
@@ -283,15 +280,22 @@ class Market(nn.Module):
             return self._call(k, lambda x: fn(params, x), inp)
 
     def _call(self, k: int, fn, inp: torch.Tensor) -> torch.Tensor:
-        """Run spec k, turning torch's shape errors into one line that names the spec."""
+        """Run spec k, turning torch's shape errors into one line that names the spec.
+
+        A forward that writes to a buffer (running statistics) is refused, naming the module.
+        """
+        buffers = spec_rules.buffer_versions(self.specs[k])
         try:
-            return fn(inp)
+            out = fn(inp)
         except RuntimeError as e:
+            spec_rules.check_buffers(k, self.specs[k], buffers, error=e)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise MarketError(
                 f"spec {k} ({type(self.specs[k]).__name__}) cannot take its input "
                 f"of shape {list(inp.shape)}: {first}"
             ) from e
+        spec_rules.check_buffers(k, self.specs[k], buffers)
+        return out
 
     def extra_repr(self) -> str:
         market = "x".join(map(str, self.vendor_counts))

@@ -36,6 +36,22 @@ def test_k_labelled_requests_reconcile_exactly_as_v2():
     assert all(torch.equal(a, b) for a, b in zip(learner.vendors.seeds, twin.vendors.seeds))  # seeds redrawn
 
 
+def test_infer_keeps_nothing_and_recorded_losses_update_like_labels():
+    """The hook of a server that keeps waiting requests in its own store: infer, then record."""
+    stored, kept = make_learner(records=8), make_learner(records=8)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    response = stored.infer(x)
+    assert response.ids == [] and not stored.pending and stored.stats["served"] == 8
+    assert stored.record(stored.loss_fn(response.logits, y), response.paths, response.step) == 8
+    kept.serve(x, labels=y)
+    assert stored.step == kept.step == 1
+    assert torch.equal(weights(stored), weights(kept))
+    # After the update infer uses the new vendors and weights, not the stacked ones it reused during step 0.
+    again = stored.infer(x)
+    reference = serve(kept.market, kept.vendors, x, paths=again.paths)
+    assert again.step == 1 and torch.allclose(again.logits, reference.logits, atol=1e-6)
+
+
 def test_delayed_labels_in_any_order_give_the_same_update():
     now, later = make_learner(), make_learner()
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))

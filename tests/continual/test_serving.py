@@ -50,6 +50,16 @@ def test_batched_random_paths_equal_each_example_alone(batch, balanced, grouped)
     close(out.logits, serve_reference(market, vendors, x, out.paths))
 
 
+@pytest.mark.parametrize("grouped", [True, False])
+def test_vendors_no_example_drew_are_left_out_and_the_rest_keep_their_weights(grouped):
+    market, vendors = market_and_vendors(tiny_cnn(), [3, 2, 4])
+    x = torch.randn(3, 1, 10, 10)
+    paths = torch.tensor([[2, 0, 3], [2, 1, 3], [0, 1, 1]])  # spec 0: vendor 1 unused; spec 2: vendors 0, 2
+    close(serve(market, vendors, x, paths=paths, grouped=grouped).logits, serve_reference(market, vendors, x, paths))
+    one = serve(market, vendors, x[:1], paths=paths[:1], grouped=grouped).logits
+    close(one, serve_reference(market, vendors, x[:1], paths[:1]))
+
+
 def test_specs_without_a_grouped_rule_fall_back_to_vmap():
     torch.manual_seed(1)
     specs = [nn.Sequential(nn.Linear(6, 8), Scale(8), nn.Tanh()), nn.Linear(8, 3)]

@@ -14,7 +14,7 @@ from .parse import ints
 
 @app.command()
 def train(
-    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist"),
+    dataset: str = typer.Option("mnist", help="mnist, fashion-mnist or cifar10 (see --data for your own)"),
     algorithm: str = typer.Option("v2", help="v1 (keep the best path), v2 (reconcile all paths) or adaptive"),
     vendors: str = typer.Option("4,4,4", help="vendors per spec: 4,4,4 = the CNN split 3 ways; 64 = all at once"),
     sampling: Optional[str] = typer.Option(None, help="upstream sampling per spec, 0 = all (default: all)"),
@@ -39,8 +39,14 @@ def train(
     data_dir: Optional[str] = typer.Option(None, help="directory with the IDX files (else $MARKETPLACE_DATA_DIR, the cache, a download)"),
     json_out: bool = typer.Option(False, "--json", help="print one final JSON line with the results"),
     quiet: bool = typer.Option(False, help="no progress bar"),
+    # -- your model, your data (issue 13) --
+    model: str = typer.Option("beautiful-mnist", help="a preset (beautiful-mnist, mlp, resnet, resnet8, resnet20, "
+                              "resnet18) or your factory: pkg.module:build or path/file.py:build"),
+    split: Optional[str] = typer.Option(None, help="layer indices where a factory's nn.Sequential is cut into specs, e.g. 3,6"),
+    data_file: Optional[str] = typer.Option(None, "--data", help=".npz or .pt file with x_train, y_train, x_test, "
+                                            "y_test (replaces --dataset)"),
 ):
-    """Train the beautiful-MNIST CNN as a market and report test accuracy."""
+    """Train a model as a market (the beautiful-MNIST CNN by default) and report test accuracy."""
     from ..training import JsonLog, ProgressBar, TrainConfig, train as run
 
     if unit not in ("spec", "model"):
@@ -55,6 +61,7 @@ def train(
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
         on_nonfinite="raise" if on_nonfinite == "stop" else "skip", cache_deltas=not regenerate_deltas,
         data_dir=data_dir,
+        model=model, split=ints(split, "--split") if split else None, data=data_file,
     )
     hooks = [] if quiet else [ProgressBar()]
     if log:
@@ -74,6 +81,7 @@ def train(
 def evaluate(
     checkpoint: str = typer.Argument(..., help="a checkpoint written by `marketplace train`"),
     dataset: Optional[str] = typer.Option(None, help="default: the dataset it was trained on"),
+    data_file: Optional[str] = typer.Option(None, "--data", help="a .npz/.pt data file (default: the one it was trained on)"),
     device: str = typer.Option("auto"),
     data_dir: Optional[str] = typer.Option(None),
     json_out: bool = typer.Option(False, "--json"),
@@ -86,8 +94,14 @@ def evaluate(
     ckpt = load_checkpoint(checkpoint)
     dev = resolve_device(device)
     market = market_from_checkpoint(ckpt, checkpoint, dev)
-    name = dataset or ckpt.meta.get("config", {}).get("dataset", "mnist")
-    x, y = data.load_data(name, "test", data_dir, dev)
+    saved = ckpt.meta.get("config", {})
+    path = data_file or (saved.get("data") if dataset is None else None)
+    if path:
+        name = path
+        x, y = data.load_file(path).inputs("test", dev)
+    else:
+        name = dataset or saved.get("dataset", "mnist")
+        x, y = data.load_data(name, "test", data_dir, dev)
     acc, loss = accuracy(market, x, y)
     result = {"test_accuracy": acc, "test_loss": loss, "dataset": name, "steps": ckpt.optimizer.get("steps")}
     print(json.dumps(result) if json_out else f"{name} test accuracy {acc:.2f}% (loss {loss:.4f})")

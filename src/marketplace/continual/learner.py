@@ -127,6 +127,7 @@ class ContinualLearner:
         self.pending: dict[Hashable, Pending] = {}
         self._ids = itertools.count()
         self.stats = {"served": 0, "recorded": 0, "stale": 0, "outliers": 0, "updates": 0}
+        self._stacked: tuple | None = None  # (vendors, their stacked weights per spec), reused by `infer`
 
     @property
     def step(self) -> int:
@@ -136,6 +137,11 @@ class ContinualLearner:
     @property
     def vendors(self):
         return self.optimizer.vendors
+
+    @property
+    def buffered(self) -> int:
+        """Labelled records of the current step waiting for the next update (fewer than K)."""
+        return self._count
 
     # -- requests ------------------------------------------------------------
 
@@ -172,6 +178,24 @@ class ContinualLearner:
         for i, rid in enumerate(ids):
             self.pending[rid] = Pending(step, paths[i], out.logits[i], refs[i])
         return Response(out.logits, out.paths, ids, step)
+
+    def infer(self, x: torch.Tensor) -> Response:
+        """Answer a batch along random paths, keeping nothing: the caller stores (step, path, logits).
+
+        For a server whose waiting requests live in a durable store rather
+        than in `pending`: it later turns a label into a loss with `loss_fn`
+        and hands (losses, paths, step) to `record`. Counts `stats["served"]`;
+        the ids in the answer are empty. The vendors' stacked weights are
+        made once per set of vendors (once per step) and reused by every
+        batch until the next update: the base weights change only there.
+        """
+        step, vendors = self.step, self.vendors
+        if self._stacked is None or self._stacked[0] is not vendors:  # new vendors: an update or a restore
+            self._stacked = (vendors, [self.market.vendor_parameters(k, vendors) for k in range(self.market.depth)])
+        out = serve(self.market, vendors, x, generator=self.generator, balanced=self.balanced,
+                    stacked=self._stacked[1])
+        self.stats["served"] += x.shape[0]
+        return Response(out.logits, out.paths, [], step)
 
     def label(self, ids: Sequence[Hashable], labels: torch.Tensor | Sequence[int]) -> int:
         """Labels for requests served earlier, in any order; returns how many were recorded.

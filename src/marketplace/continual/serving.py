@@ -4,16 +4,19 @@ A deployed market serves every example along its own random path, so the
 requests themselves probe the vendors. The forward pass stays one batched
 computation per spec: the examples are grouped by the vendor they drew,
 padded to the largest group, run through all vendors at once over the
-stacked vendor weights, and scattered back into request order. Common layers
-(Conv2d, InstanceNorm2d, Linear, pooling, activations) run in the grouped
-layout of `formulations` (the one `Market.evaluate` uses), the vendors folded
-into the channels (one grouped convolution); any other spec goes through
-`vmap(functional_call)`. There is no Python loop over examples or vendors.
+stacked vendor weights, and scattered back into request order. Vendors
+that no example drew are left out (a batch of one runs one vendor, not M).
+Common layers (Conv2d, InstanceNorm2d, Linear, pooling, activations) run in
+the grouped layout of `formulations` (the one `Market.evaluate` uses), the
+vendors folded into the channels (one grouped convolution); any other spec
+goes through `vmap(functional_call)`. There is no Python loop over examples
+or vendors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch.func import functional_call, vmap
@@ -106,7 +109,8 @@ def balanced_paths(counts, batch: int, generator: torch.Generator | None = None,
 
 @torch.no_grad()
 def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor | None = None,
-          generator: torch.Generator | None = None, balanced: bool = False, grouped: bool = True) -> Served:
+          generator: torch.Generator | None = None, balanced: bool = False, grouped: bool = True,
+          stacked: Sequence[dict[str, torch.Tensor]] | None = None) -> Served:
     """Run each example of x through its own path of the market.
 
     x: [B, ...]; vendors: the current vendors (e.g. an optimizer's
@@ -114,6 +118,9 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
     is drawn for every example from `generator`: uniform and independent
     vendors, or with `balanced` a shuffled even spread (`balanced_paths`).
     grouped=False runs every spec through vmap (the general path).
+    stacked: `market.vendor_parameters(k, vendors)` for every spec, made
+    once by a caller that serves many batches with the same weights and
+    vendors (a server, between two updates); None computes them here.
     Returns logits [B, ...] and paths [B, N].
     """
     if tuple(vendors.counts) != market.vendor_counts:
@@ -132,10 +139,16 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
         return Served(market(x), paths)
     h = x
     for k in range(market.depth):
-        m = market.vendor_counts[k]
-        gather, slot, group = _slots(paths[:, k], m)
+        params = stacked[k] if stacked is not None else market.vendor_parameters(k, vendors)
+        vendor = paths[:, k]
+        used = torch.unique(vendor)  # sorted
+        if used.numel() < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
+            params = {name: p[used] for name, p in params.items()}
+            vendor = torch.searchsorted(used, vendor.contiguous())
+        m = used.numel()
+        gather, slot, group = _slots(vendor, m)
         padded = h[gather].view(group, m, *h.shape[1:])  # [G, M, ...]
-        out = _spec_forward(market, k, market.vendor_parameters(k, vendors), padded, grouped)
+        out = _spec_forward(market, k, params, padded, grouped)
         h = out.reshape(group * m, *out.shape[2:])[slot]  # back to request order [B, ...]
     return Served(h, paths)
 

@@ -145,7 +145,7 @@ class BackpropTrainer:
         seconds = elapsed()
         test_acc, test_loss = self.evaluate(self.x_test_full, self.y_test_full)
         summary = {"test_accuracy": test_acc, "test_loss": test_loss, "steps": self.steps,
-                   "seconds": round(seconds, 3), "skipped_steps": 0, "dataset": cfg.dataset,
+                   "seconds": round(seconds, 3), "skipped_steps": 0, "dataset": cfg.dataset, "model": "beautiful-mnist",
                    "algorithm": cfg.algorithm, "vendors": [], "batch": cfg.batch, "device": str(self.device)}
         for hook in self.hooks:
             hook.on_end(summary)

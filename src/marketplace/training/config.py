@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..data import DATASETS
+from ..data import DATASET_NAMES
 from ..errors import MarketplaceError
 from ..norms import NORM_NAMES
 from ..optim import OPTIMIZERS
@@ -41,26 +41,39 @@ class TrainConfig:
     cache_deltas: bool = True
     data_dir: str | None = None
     norm: str = "instance"  # see norms.py; "batch" is refused by the market
+    # -- the model and the data (issue 13) --
+    model: str = "beautiful-mnist"  # a preset of models.PRESETS, or MODULE:FACTORY / FILE.py:FACTORY
+    split: tuple[int, ...] | None = None  # where to cut a factory's nn.Sequential into specs
+    data: str | None = None  # a .npz/.pt file with x_train, y_train, x_test, y_test; replaces `dataset`
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise MarketplaceError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
+        if self.dataset not in DATASET_NAMES:
+            raise MarketplaceError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
         if self.algorithm not in OPTIMIZERS:
             raise MarketplaceError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(OPTIMIZERS)}")
-        if not 1 <= len(self.vendors) <= 3:
-            raise MarketplaceError(f"--vendors needs 1 to 3 counts (one per spec), got {list(self.vendors)}")
+        if not self.vendors:
+            raise MarketplaceError("--vendors needs one count per spec, e.g. 4,4,4")
         if any(v < 1 for v in self.vendors):
             raise MarketplaceError(f"every spec needs at least 1 vendor, got {list(self.vendors)}")
         if self.batch < 1:
             raise MarketplaceError(f"--batch must be >= 1, got {self.batch}")
         if self.steps is None and self.max_seconds is None:
             raise MarketplaceError("give --steps or --max-seconds (or both) so the run knows when to stop")
+        if self.steps is not None and self.steps < 1:
+            raise MarketplaceError(f"--steps must be >= 1, got {self.steps}")
+        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise MarketplaceError(f"--max-seconds must be a finite number > 0, got {self.max_seconds}")
         if self.resume and not self.checkpoint:
             raise MarketplaceError("--resume needs --checkpoint PATH")
         if self.norm not in NORM_NAMES:
             raise MarketplaceError(f"unknown norm {self.norm!r}; choose from {', '.join(NORM_NAMES)}")
-        if min(self.eval_every, self.log_every, self.checkpoint_every, self.eval_samples) < 1:
-            raise MarketplaceError("--eval-every, --log-every, --checkpoint-every and --eval-samples must be >= 1")
+        for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise MarketplaceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.model:
+            raise MarketplaceError("--model needs a preset name or MODULE:FACTORY")
+        if self.split is not None and any(i < 1 for i in self.split):
+            raise MarketplaceError(f"--split takes layer indices >= 1, got {list(self.split)}")
         for name in ("decay", "probe_scale", "meta_lr") + (("lr",) if self.lr is not None else ()):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name != "decay" and value == 0):

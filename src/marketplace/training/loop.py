@@ -1,4 +1,4 @@
-"""Supervised training of a market on MNIST or Fashion-MNIST, forward passes only.
+"""Supervised training of a market on a named data set or a user's file, forward passes only.
 
 `train` runs the loop of `Trainer` and reports to hooks. Batches and
 vendors of step t are pure functions of (seed, t), so a run resumed from a
@@ -19,7 +19,8 @@ from .. import data
 from ..functional import path_losses
 from ..machine import resolve_device
 from ..market import Market
-from ..models import beautiful_mnist
+from ..errors import MarketplaceError
+from ..models import build_model, canonical_source, is_factory_source
 from ..norms import norm_layer
 from ..optim import OPTIMIZERS, MarketOptimizer
 from ..rng import derive_seeds
@@ -45,25 +46,61 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return 100.0 * correct / len(x), loss / len(x)
 
 
-def build_market(config: TrainConfig, device: torch.device) -> Market:
-    """The beautiful-MNIST CNN split into len(vendors) specs, initialised from the seed."""
+def load_training_data(config: TrainConfig, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y of one split: from `config.data` (a user's file) if given, else the named data set."""
+    if config.data:
+        return data.load_file(config.data).inputs(split, device)
+    return data.load_data(config.dataset, split, config.data_dir, device)
+
+
+def data_shape(config: TrainConfig) -> tuple[tuple[int, ...], int]:
+    """(shape of one example, number of classes) of the run's data, to build the model before loading it."""
+    if config.data:
+        file = data.load_file(config.data)
+        return file.input_shape, file.classes
+    return data.input_shape(config.dataset), data.num_classes(config.dataset)
+
+
+def build_market(config: TrainConfig, device: torch.device, input_shape: Sequence[int] = (1, 28, 28),
+                 classes: int = 10) -> Market:
+    """`config.model` split into len(vendors) specs for inputs of `input_shape`, initialised from the seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        specs = beautiful_mnist(depth=len(config.vendors), norm=norm_layer(config.norm, config.batch))
+        specs = build_model(config.model, len(config.vendors), input_shape, classes, config.split,
+                            norm=norm_layer(config.norm, config.batch))
+    if len(specs) != len(config.vendors):
+        raise MarketplaceError(f"--vendors has {len(config.vendors)} counts but --model {config.model} has "
+                               f"{len(specs)} specs: give one count per spec")
     sampling = list(config.sampling) if config.sampling else 0
     return Market(specs, list(config.vendors), sampling).to(device)
 
 
+def model_record(config: TrainConfig, input_shape: Sequence[int], classes: int) -> dict[str, Any]:
+    """What a checkpoint keeps to rebuild the model: where it came from and what it reads."""
+    source = canonical_source(config.model) if is_factory_source(config.model) else config.model
+    return {"source": source, "split": list(config.split) if config.split else None,
+            "input_shape": list(input_shape), "classes": classes}
+
+
 def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) -> Market:
-    """The market a `marketplace train` checkpoint was saved from, with its weights."""
+    """The market a `marketplace train` checkpoint was saved from, with its weights.
+
+    A preset or a user's factory is rebuilt from the checkpoint's model record
+    (checkpoints without one hold the beautiful-MNIST CNN).
+    """
     saved = ckpt.meta.get("config", {})
+    record = ckpt.meta.get("model") or {}
+    split = record.get("split", saved.get("split"))
     config = TrainConfig(vendors=tuple(saved.get("vendors", (4, 4, 4))), sampling=saved.get("sampling"),
-                         norm=saved.get("norm", "instance"), batch=saved.get("batch", 128))
-    market = build_market(config, device)
+                         norm=saved.get("norm", "instance"), batch=saved.get("batch", 128),
+                         model=record.get("source", saved.get("model", "beautiful-mnist")),
+                         split=tuple(split) if split else None)
+    market = build_market(config, device, tuple(record.get("input_shape", (1, 28, 28))), record.get("classes", 10))
     try:
         market.load_state_dict(ckpt.model)
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not hold a beautiful-MNIST market: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"{path} does not hold the {config.model} market it names: "
+                              f"{str(e).splitlines()[0]}") from e
     return market
 
 
@@ -106,11 +143,13 @@ class Trainer:
         self.config.validate()
         cfg = self.config
         self.device = resolve_device(cfg.device)
-        self.x_train, self.y_train = data.load_data(cfg.dataset, "train", cfg.data_dir, self.device)
-        x_test, y_test = data.load_data(cfg.dataset, "test", cfg.data_dir, self.device)
+        shape, classes = data_shape(cfg)  # the model's mistakes before the data's (a download, say)
+        self.model_record = model_record(cfg, shape, classes)
+        self.market = build_market(cfg, self.device, shape, classes)
+        self.x_train, self.y_train = load_training_data(cfg, "train", self.device)
+        x_test, y_test = load_training_data(cfg, "test", self.device)
         self.x_test, self.y_test = x_test[: cfg.eval_samples], y_test[: cfg.eval_samples]
         self.x_test_full, self.y_test_full = x_test, y_test
-        self.market = build_market(cfg, self.device)
         self.optimizer = build_optimizer(cfg, self.market)
         self.seconds_before = 0.0  # training time of earlier runs resumed from
         self.test_accuracy: float | None = None
@@ -121,13 +160,13 @@ class Trainer:
 
     def save(self, path: str, seconds: float) -> None:
         meta = {"config": dataclasses.asdict(self.config), "seconds": seconds,
-                "test_accuracy": self.test_accuracy}
+                "test_accuracy": self.test_accuracy, "model": self.model_record}
         save_checkpoint(path, self.market.state_dict(), self.optimizer.state_dict(), meta)
 
     def load(self, path: str) -> None:
         ckpt = load_checkpoint(path)
         saved = ckpt.meta.get("config", {})
-        for name in ("dataset", "seed", "algorithm"):
+        for name in ("dataset", "seed", "algorithm", "model", "data"):
             if name in saved and saved[name] != getattr(self.config, name):
                 raise CheckpointError(f"{path} was trained with {name}={saved[name]!r}, not "
                                       f"{getattr(self.config, name)!r}: resume with the same {name}")
@@ -178,7 +217,7 @@ class Trainer:
             self.save(cfg.checkpoint, seconds)
         summary = {"test_accuracy": test_acc, "test_loss": test_loss, "steps": opt.steps,
                    "seconds": round(seconds, 3), "skipped_steps": opt.skipped,
-                   "dataset": cfg.dataset, "algorithm": cfg.algorithm,
+                   "dataset": cfg.data or cfg.dataset, "model": cfg.model, "algorithm": cfg.algorithm,
                    "vendors": list(cfg.vendors), "batch": cfg.batch, "device": str(self.device)}
         for hook in self.hooks:
             hook.on_end(summary)

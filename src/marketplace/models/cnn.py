@@ -1,4 +1,4 @@
-"""Model presets, each a list of specs ready for a `Market`."""
+"""The beautiful-MNIST CNN of ALGORITHM.md section 9, split into 1 to 3 specs."""
 
 from __future__ import annotations
 
@@ -25,35 +25,28 @@ def _block(c_in: int, c_out: int, kernel: int, norm: Callable[[int], nn.Module],
 
 
 def beautiful_mnist(depth: int = 3, classes: int = 10,
-                    norm: str | Callable[[int], nn.Module] = "instance") -> list[nn.Module]:
-    """The CNN of ALGORITHM.md section 9 for 1x28x28 inputs, split into `depth` specs.
+                    norm: str | Callable[[int], nn.Module] = "instance",
+                    in_channels: int = 1, size: int = 28) -> list[nn.Module]:
+    """The CNN of ALGORITHM.md section 9 for in_channels x size x size inputs, split into `depth` specs.
 
     depth 3: [conv stage 1], [conv stage 2 + flatten], [linear] (the published market);
     depth 2: [conv stage 1], [conv stage 2 + linear]; depth 1: the whole model
     as one spec (the "all at once" baseline). norm: "instance" (the published
     market), "batch" (the original backprop model), or a `channels -> module`
     factory. The initial weights depend on the seed only, not on the depth.
+    The published model reads 1x28x28 (the defaults); 3x32x32 (CIFAR-10) works too.
     """
     if isinstance(norm, str):
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; choose from {', '.join(NORMS)} or pass a factory")
         norm = NORMS[norm]
-    stage1 = _block(1, 32, 5, norm)
+    side = ((size - 8) // 2 - 4) // 2  # two 5x5 convs, pool, two 3x3 convs, pool
+    if side < 1:
+        raise ValueError(f"the beautiful-MNIST CNN needs images of at least 20x20, not {size}x{size}")
+    stage1 = _block(in_channels, 32, 5, norm)
     stage2 = _block(32, 64, 3, norm, flatten=True)
-    head = [nn.Linear(576, classes)]
+    head = [nn.Linear(64 * side * side, classes)]
     splits = {1: [stage1 + stage2 + head], 2: [stage1, stage2 + head], 3: [stage1, stage2, head]}
     if depth not in splits:
         raise ValueError(f"the beautiful-MNIST CNN splits into 1, 2 or 3 specs, not {depth}")
     return [nn.Sequential(*layers) for layers in splits[depth]]
-
-
-def mlp(sizes: list[int]) -> list[nn.Module]:
-    """A ReLU MLP with one spec per Linear layer, e.g. mlp([784, 128, 10]) -> 2 specs."""
-    specs = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers = [nn.Flatten()] if i == 0 else []
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-        specs.append(nn.Sequential(*layers))
-    return specs

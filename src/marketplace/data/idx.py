@@ -23,31 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MarketplaceError
-
-__all__ = [
-    "DATASETS",
-    "DataError",
-    "DatasetInfo",
-    "default_cache_dir",
-    "download",
-    "find_dataset_dir",
-    "load_split",
-]
-
-ENV_DATA_DIR = "MARKETPLACE_DATA_DIR"
-ENV_OFFLINE = "MARKETPLACE_OFFLINE"
-ENV_MIRROR = "MARKETPLACE_MIRROR"
+from .common import ENV_MIRROR, ENV_OFFLINE, DataError, cache_dir, candidates, offline
 
 SPLITS = ("train", "test")
 _SPLIT_SIZE = {"train": 60_000, "test": 10_000}
 _IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
 _CHUNK = 1 << 20
-
-
-class DataError(MarketplaceError):
-    """A data set is missing, corrupt, or could not be downloaded."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,19 +95,6 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def default_cache_dir() -> Path:
-    """Where downloads go, so they survive across runs and projects.
-
-    platformdirs is imported here, not at the top, and is optional: the lent
-    GPU machine reads MARKETPLACE_DATA_DIR and lacks it (then ~/.cache).
-    """
-    try:
-        import platformdirs
-    except ImportError:
-        return Path.home() / ".cache" / "marketplace" / "data"
-    return Path(platformdirs.user_cache_dir("marketplace")) / "data"
-
-
 def _info(name: str) -> DatasetInfo:
     """Look a data set up, or say which names are valid."""
     try:
@@ -133,11 +102,6 @@ def _info(name: str) -> DatasetInfo:
     except KeyError:
         valid = ", ".join(DATASETS)
         raise DataError(f"unknown dataset {name!r}; choose one of: {valid}") from None
-
-
-def _offline() -> bool:
-    """True when the user forbade downloads (CI, air-gapped machines)."""
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes"}
 
 
 def _existing(directory: Path, fname: str) -> Path | None:
@@ -153,23 +117,6 @@ def _qualifies(directory: Path, info: DatasetInfo) -> bool:
     return all(_existing(directory, f) is not None for f in info.file_names)
 
 
-def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
-    """Directories to try, in order, each as ``D/name`` then ``D`` itself."""
-    roots: list[Path] = []
-    if data_dir is not None:
-        roots.append(Path(data_dir).expanduser())
-    env = os.environ.get(ENV_DATA_DIR, "").strip()
-    if env:
-        roots.append(Path(env).expanduser())
-    roots.append(default_cache_dir())
-    out: list[Path] = []
-    for root in roots:
-        for directory in (root / name, root):
-            if directory not in out:
-                out.append(directory)
-    return out
-
-
 def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Return a directory holding all four files of ``name``, downloading if allowed.
 
@@ -178,7 +125,7 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     ``$MARKETPLACE_OFFLINE`` is set, so that a bare ``pip install`` just works.
     """
     info = _info(name)
-    searched = _candidates(name, data_dir)
+    searched = candidates(name, data_dir)
     for directory in searched:
         if _qualifies(directory, info):
             return directory
@@ -189,13 +136,13 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Pa
         "Pass --data-dir DIR, or set MARKETPLACE_DATA_DIR=DIR, to a directory "
         f"holding these files (as DIR/{name}/ or DIR/)"
     )
-    if _offline():
+    if offline():
         raise DataError(
             f"{name} data not found. Needed files: {needed}. Searched: {places}. "
             f"Downloading is off ({ENV_OFFLINE}={os.environ[ENV_OFFLINE]}). "
             f"{advice}, or unset {ENV_OFFLINE} to download."
         )
-    dest = default_cache_dir() / name
+    dest = cache_dir() / name
     print(f"{name}: not found locally; downloading into {dest}", file=sys.stderr)
     try:
         return download(name, dest)
@@ -380,17 +327,3 @@ def download(
         if have is not None and have != dest / f"{fname}.gz":
             have.unlink(missing_ok=True)  # the damaged plain copy would shadow the .gz
     return dest
-
-
-MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics, used for both data sets
-
-
-def load_data(name: str, split: str, data_dir: str | None, device: torch.device):
-    """Images as normalised float32 [N, 1, 28, 28] and labels int64 [N], on the device.
-
-    Callers look it up as `data.load_data` at call time, so the tests can
-    wrap it once for every trainer.
-    """
-    images, labels = load_split(name, split, data_dir)
-    x = (images.to(device=device, dtype=torch.float32) / 255.0 - MEAN) / STD
-    return x.unsqueeze(1), labels.to(device)

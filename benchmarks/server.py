@@ -1,0 +1,256 @@
+"""The learning server under load and under SIGKILL: throughput, latency, and nothing lost.
+
+    nice -n 5 uv run python benchmarks/server.py            # ~3 minutes on 2 CPU cores
+
+1. Load. Two servers from the same checkpoint run side by side: one learns
+   (random paths, every served request stored for its label), one serves
+   plain inference with the base weights (`--no-learning`). N concurrent
+   clients (1, 8, 32) send predict requests of one raw uint8 image over
+   loopback for a fixed time; the two servers take turns, round by round, so
+   a busy shared machine slows them alike. Requests/s and p50/p99 latency.
+2. Feedback. N clients predict a batch and label it at once: feedback
+   records/s and latency.
+3. Faults. 8 clients stream predict + feedback while the server is killed
+   with SIGKILL and restarted on the same store, several times. Every
+   acknowledged feedback is then looked up in the store: lost (acknowledged,
+   not stored) and duplicated (stored twice) are counted, and the learner's
+   own count (recorded + stale) is compared with the stored records.
+
+Writes benchmarks/results/server_cpu.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from marketplace.machine import machine_summary
+from marketplace.server.process import ServerProcess
+from marketplace.training import TrainConfig, build_market, build_optimizer, save_checkpoint
+
+RESULTS = Path(__file__).parent / "results"
+TOKEN = "bench-token"
+
+
+def write_checkpoint(path: Path, vendors: tuple[int, ...]) -> Path:
+    """An untrained beautiful-MNIST market: the speed of serving does not depend on the weights."""
+    config = TrainConfig(vendors=vendors, steps=1)
+    market = build_market(config, torch.device("cpu"))
+    save_checkpoint(path, market.state_dict(), build_optimizer(config, market).state_dict(),
+                    {"config": dataclasses.asdict(config)})
+    return path
+
+
+def image_body(rng: np.random.Generator, batch: int) -> tuple[bytes, dict]:
+    x = rng.integers(0, 256, size=(batch, 1, 28, 28), dtype=np.uint8)
+    return x.tobytes(), {"Content-Type": "application/octet-stream", "X-Dtype": "uint8",
+                         "X-Shape": f"{batch},1,28,28"}
+
+
+async def predict_client(http: httpx.AsyncClient, deadline: float, latencies: list, errors: list, seed: int,
+                         batch: int = 1, feedback: list | None = None) -> None:
+    rng = np.random.default_rng(seed)
+    while time.perf_counter() < deadline:
+        body, headers = image_body(rng, batch)
+        start = time.perf_counter()
+        try:
+            r = await http.post("/v1/predict", content=body, headers=headers)
+        except httpx.HTTPError as e:
+            errors.append(type(e).__name__)
+            continue
+        latencies.append(time.perf_counter() - start)
+        if r.status_code != 200:
+            errors.append(r.status_code)
+            continue
+        if feedback is not None:
+            ids = [p["id"] for p in r.json()["predictions"]]
+            records = [{"id": i, "label": int(y)} for i, y in zip(ids, rng.integers(0, 10, len(ids)))]
+            start = time.perf_counter()
+            f = await http.post("/v1/feedback", json=records, headers={"X-Token": TOKEN})
+            if f.status_code == 200:
+                feedback.append((time.perf_counter() - start, len(records)))
+            else:
+                errors.append(f.status_code)
+
+
+def summary(latencies: list, seconds: float, errors: list, batch: int = 1) -> dict:
+    ms = sorted(1000 * v for v in latencies) or [float("nan")]
+    return {"requests": len(latencies), "requests_per_s": len(latencies) / seconds,
+            "inputs_per_s": batch * len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "errors": len(errors)}
+
+
+async def load(url: str, clients: int, seconds: float, batch: int = 1, with_feedback: bool = False) -> dict:
+    latencies, errors, feedback = [], [], [] if with_feedback else None
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        await http.post("/v1/predict", content=image_body(np.random.default_rng(0), 1)[0],
+                        headers=image_body(np.random.default_rng(0), 1)[1])  # warm the connection and the model
+        start = time.perf_counter()
+        deadline = start + seconds
+        await asyncio.gather(*(predict_client(http, deadline, latencies, errors, seed, batch, feedback)
+                               for seed in range(clients)))
+        elapsed = time.perf_counter() - start
+    out = summary(latencies, elapsed, errors, batch)
+    if with_feedback:
+        f_ms = sorted(1000 * t for t, _ in feedback) or [float("nan")]
+        out.update({"feedback_requests": len(feedback), "feedback_records_per_s": sum(n for _, n in feedback) / elapsed,
+                    "feedback_p50_ms": float(np.percentile(f_ms, 50)), "feedback_p99_ms": float(np.percentile(f_ms, 99))})
+    return out
+
+
+def bench_load(checkpoint: Path, root: Path, clients: list[int], seconds: float, rounds: int) -> dict:
+    learning = ServerProcess(checkpoint, root / "learning", "--records", 256, token=TOKEN, log=root / "learning.log")
+    plain = ServerProcess(checkpoint, root / "plain", "--no-learning", token=TOKEN, log=root / "plain.log")
+    table: dict = {}
+    with learning, plain:
+        for n in clients:
+            runs = {"learning": [], "plain": []}
+            for r in range(rounds):
+                order = [("plain", plain), ("learning", learning)]
+                for name, server in order if r % 2 == 0 else order[::-1]:
+                    runs[name].append(asyncio.run(load(server.url, n, seconds)))
+            table[n] = {name: {"requests_per_s": statistics.median(x["requests_per_s"] for x in rs),
+                               "p50_ms": statistics.median(x["p50_ms"] for x in rs),
+                               "p99_ms": statistics.median(x["p99_ms"] for x in rs),
+                               "errors": sum(x["errors"] for x in rs), "rounds": rs}
+                        for name, rs in runs.items()}
+            table[n]["ratio"] = table[n]["learning"]["requests_per_s"] / table[n]["plain"]["requests_per_s"]
+            print(f"{n:>3} clients: learning {table[n]['learning']['requests_per_s']:.0f} req/s, plain "
+                  f"{table[n]['plain']['requests_per_s']:.0f} req/s, ratio {table[n]['ratio']:.2f}", flush=True)
+        feedback = {n: asyncio.run(load(learning.url, n, seconds, batch=8, with_feedback=True)) for n in (1, 8)}
+        for n, f in feedback.items():
+            print(f"feedback, {n} clients: {f['feedback_records_per_s']:.0f} records/s, "
+                  f"p50 {f['feedback_p50_ms']:.1f} ms", flush=True)
+        learner = httpx.get(f"{learning.url}/v1/status").json()
+    return {"predict": table, "feedback": feedback, "learner_after": learner}
+
+
+async def fault_client(url: str, acked: set, stop: asyncio.Event, seed: int, counts: dict) -> None:
+    rng = np.random.default_rng(seed)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        while not stop.is_set():
+            try:
+                body, headers = image_body(rng, 4)
+                r = await http.post("/v1/predict", content=body, headers=headers)
+                if r.status_code != 200:
+                    counts["refused"] += 1
+                    continue
+                ids = [p["id"] for p in r.json()["predictions"]]
+                f = await http.post("/v1/feedback", headers={"X-Token": TOKEN},
+                                    json=[{"id": i, "label": int(y)} for i, y in zip(ids, rng.integers(0, 10, 4))])
+                if f.status_code == 200:
+                    acked.update(ids)
+                else:
+                    counts["refused"] += 1
+            except httpx.HTTPError:
+                counts["transport_errors"] += 1
+                await asyncio.sleep(0.05)  # the server is down: try again shortly
+
+
+async def faults(checkpoint: Path, root: Path, kills: int, period: float, clients: int) -> dict:
+    server = ServerProcess(checkpoint, root / "faults", "--records", 64, "--checkpoint-every", 3, token=TOKEN,
+                           log=root / "faults.log")
+    await asyncio.to_thread(server.start)
+    acked: set = set()
+    counts = {"refused": 0, "transport_errors": 0}
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(fault_client(server.url, acked, stop, seed, counts)) for seed in range(clients)]
+    restarts = []
+    for _ in range(kills):
+        await asyncio.sleep(period)
+        before = len(acked)
+        server.kill()
+        start = time.perf_counter()
+        await asyncio.to_thread(server.start)
+        status = httpx.get(f"{server.url}/v1/status").json()
+        restarts.append({"acked_before_kill": before, "restart_s": round(time.perf_counter() - start, 2),
+                         "step_after": status["step"], "replayed": status["replayed"]})
+        print(f"kill {len(restarts)}: {before} acknowledged so far; back in {restarts[-1]['restart_s']} s "
+              f"at step {status['step']}, {status['replayed']} records replayed", flush=True)
+    await asyncio.sleep(period)
+    stop.set()
+    await asyncio.gather(*tasks)
+    status = httpx.get(f"{server.url}/v1/status").json()
+    server.stop()
+    with sqlite3.connect(root / "faults" / "store.sqlite3") as db:
+        stored = [r[0] for r in db.execute("SELECT request_id FROM records WHERE kind = 'feedback'")]
+    lost = len(acked - set(stored))
+    duplicated = len(stored) - len(set(stored))
+    return {"kills": kills, "clients": clients, "seconds_between_kills": period, "acknowledged": len(acked),
+            "stored": len(stored), "lost": lost, "duplicated": duplicated,
+            "stored_not_acknowledged": len(set(stored) - acked),
+            "learner_counted": status["recorded"] + status["stale"], "final_step": status["step"],
+            "restarts": restarts, **counts}
+
+
+def markdown(result: dict) -> str:
+    lines = ["# The learning server under load and under SIGKILL", "",
+             f"Machine: {result['machine']}. **Shared** with other engineers' jobs (load average "
+             f"{result['load_average']}), so absolute numbers are noisy; the learning and plain servers ran "
+             "side by side, round by round, so their ratio is the figure to read.",
+             f"Market {result['market']} (beautiful-MNIST CNN), one raw uint8 image per predict request, "
+             f"{result['seconds']} s per setting, median of {result['rounds']} rounds, server with 1 torch thread.", "",
+             "| clients | learning req/s | plain req/s | ratio | learning p50 / p99 ms | plain p50 / p99 ms |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, row in result["load"]["predict"].items():
+        le, pl = row["learning"], row["plain"]
+        lines.append(f"| {n} | {le['requests_per_s']:.0f} | {pl['requests_per_s']:.0f} | {row['ratio']:.2f} | "
+                     f"{le['p50_ms']:.1f} / {le['p99_ms']:.1f} | {pl['p50_ms']:.1f} / {pl['p99_ms']:.1f} |")
+    lines += ["", "Feedback (each client predicts 8 images, then labels them):", "",
+              "| clients | feedback records/s | feedback p50 / p99 ms |", "| ---: | ---: | ---: |"]
+    for n, f in result["load"]["feedback"].items():
+        lines.append(f"| {n} | {f['feedback_records_per_s']:.0f} | {f['feedback_p50_ms']:.1f} / {f['feedback_p99_ms']:.1f} |")
+    fa = result["faults"]
+    lines += ["", f"Faults: {fa['clients']} clients streaming predict + feedback, SIGKILL every "
+              f"{fa['seconds_between_kills']} s, {fa['kills']} times, restarted on the same store:", "",
+              f"- acknowledged feedback records: {fa['acknowledged']}; found in the store: all but **{fa['lost']} lost**",
+              f"- stored twice: **{fa['duplicated']}**; stored but never acknowledged (in flight at a kill): "
+              f"{fa['stored_not_acknowledged']}",
+              f"- the learner's count after the last restart (recorded + stale): {fa['learner_counted']} "
+              f"= {fa['stored']} stored records", f"- final step {fa['final_step']}; restarts took "
+              f"{', '.join(str(r['restart_s']) for r in fa['restarts'])} s", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--vendors", default="4,4,4")
+    parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument("--period", type=float, default=3.0, help="seconds of load between kills")
+    parser.add_argument("--out", default=str(RESULTS / "server_cpu"))
+    args = parser.parse_args()
+    vendors = tuple(int(v) for v in args.vendors.split(","))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        checkpoint = write_checkpoint(root / "market.safetensors", vendors)
+        load_result = bench_load(checkpoint, root, [int(n) for n in args.clients.split(",")], args.seconds, args.rounds)
+        fault_result = asyncio.run(faults(checkpoint, root, args.kills, args.period, clients=8))
+    import os
+
+    result = {"machine": machine_summary(), "load_average": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
+              "shared_machine": True, "market": "x".join(map(str, vendors)), "seconds": args.seconds,
+              "rounds": args.rounds, "python": sys.version.split()[0], "load": load_result, "faults": fault_result}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.out + ".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""A drifting stream served over HTTP, learning on against learning off; the dress experiment through HTTP.
+
+    nice -n 5 uv run python benchmarks/server_drift.py --checkpoint runs/mnist.safetensors
+
+1. Drift. MNIST training images in a fixed random order, each rotated by an
+   angle that grows by `--drift` degrees per 1,000 requests (0 at the start).
+   A client replays the stream in batches against two servers started from
+   the same checkpoint: one learns from feedback (each batch is labelled
+   right after its predictions), the other serves plain inference with the
+   base weights. Accuracy of the served predictions, window by window, is
+   the accuracy on the current distribution (each request is predicted
+   before its label is known). At the end both are tested on held-out test
+   images at the final angle and upright.
+2. Dress through HTTP. The first steps of `marketplace continual dress`
+   (ALGORITHM.md section 7: 240 digits + 16 dresses per step, class 10 new,
+   K = 256, lr 1e-2, whole-model unit vector) are sent to a server as
+   predict + feedback, and the same steps run in process with
+   `ContinualLearner`; the weights are compared.
+
+Writes results/server/drift_cpu.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from marketplace import data
+from marketplace.client import Client
+from marketplace.machine import machine_summary
+from marketplace.server.process import ServerProcess
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "server"
+TOKEN = "drift-token"
+
+
+def rotate(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 28, 28] rotated by `degrees` [B] about the centre (black fill) -> uint8 [B, 1, 28, 28]."""
+    theta = degrees * math.pi / 180
+    cos, sin, zero = torch.cos(theta), torch.sin(theta), torch.zeros_like(theta)
+    affine = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    x = images.float().unsqueeze(1)
+    grid = F.affine_grid(affine, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
+def accuracy_of(client: Client, images: torch.Tensor, labels: torch.Tensor, batch: int = 250) -> float:
+    correct = sum(int((client.predict(images[i:i + batch]).classes == labels[i:i + batch]).sum())
+                  for i in range(0, len(images), batch))
+    return 100.0 * correct / len(images)
+
+
+def drift(checkpoint: str, root: Path, args) -> dict:
+    images, labels = data.load_split("mnist", "train")
+    test_x, test_y = data.load_split("mnist", "test")
+    test_x, test_y = test_x[: args.test], test_y[: args.test]
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.requests]
+    on = ServerProcess(checkpoint, root / "on", "--records", args.records, "--lr", args.lr, "--probe-scale",
+                       args.probe_scale, "--checkpoint-every", 50, token=TOKEN, log=root / "on.log")
+    off = ServerProcess(checkpoint, root / "off", "--no-learning", token=TOKEN, log=root / "off.log")
+    windows, hits = [], {"on": 0, "off": 0}
+    start = time.perf_counter()
+    with on, off, Client(on.url, TOKEN) as learning, Client(off.url, TOKEN) as plain:
+        for first in range(0, args.requests, args.batch):
+            idx = order[first:first + args.batch]
+            angles = args.drift * (first + torch.arange(len(idx), dtype=torch.float32)) / 1000
+            x, y = rotate(images[idx], angles), labels[idx]
+            served = learning.predict(x)
+            hits["on"] += int((served.classes == y).sum())
+            hits["off"] += int((plain.predict(x).classes == y).sum())
+            learning.feedback(served.ids, y)
+            done = first + len(idx)
+            if done % args.window < args.batch or done == args.requests:
+                n = done - sum(w["requests"] for w in windows)
+                windows.append({"end": done, "requests": n, "angle": float(angles[-1]),
+                                "on": 100.0 * hits["on"] / n, "off": 100.0 * hits["off"] / n})
+                hits = {"on": 0, "off": 0}
+                print(f"{done:>6} requests, angle {float(angles[-1]):5.1f} deg: learning on "
+                      f"{windows[-1]['on']:.1f}%, off {windows[-1]['off']:.1f}%", flush=True)
+        final = float(args.drift * args.requests / 1000)
+        tests = {}
+        for name, angle in (("final_angle", final), ("upright", 0.0)):
+            x = rotate(test_x, torch.full((len(test_x),), angle))
+            tests[name] = {"angle": angle, "on": accuracy_of(learning, x, test_y), "off": accuracy_of(plain, x, test_y)}
+        status = learning.status()
+    half = windows[len(windows) // 2:]
+    return {"windows": windows, "test": tests, "learner": status, "seconds": round(time.perf_counter() - start, 1),
+            "second_half_mean": {k: sum(w[k] for w in half) / len(half) for k in ("on", "off")}}
+
+
+def dress_through_http(checkpoint: str, root: Path, steps: int) -> dict:
+    """The first `steps` steps of the dress experiment, over HTTP and in process, from the same seeds."""
+    from marketplace.continual.experiment import ContinualConfig, ContinualRun
+
+    config = ContinualConfig(experiment="dress", checkpoint=checkpoint, steps=steps, device="cpu", seed=0)
+    run = ContinualRun(config)
+    start = {n: v.clone() for n, v in run.market.state_dict().items()}
+    k = config.old_per_step + config.new_per_step
+    server = ServerProcess(checkpoint, root / "dress", "--classes", 11, "--records", k, "--lr", config.lr,
+                           "--probe-scale", config.probe_scale, "--unit", config.unit, "--seed", config.seed,
+                           "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
+    with server, Client(server.url, TOKEN) as client:
+        for step in range(steps):
+            x, y = run.batch(step)
+            answer = client.predict(x)  # float32 bytes: the same inputs, bit for bit
+            client.feedback(answer.ids, y)
+            run.learner.serve(x, labels=y)
+        from safetensors.torch import load as load_bytes
+
+        served = load_bytes(client._call("GET", "/v1/weights").content)
+        status = client.status()
+    diff = max(float((served[n] - v).abs().max()) for n, v in run.market.state_dict().items())
+    moved = max(float((v - start[n]).abs().max()) for n, v in run.market.state_dict().items())
+    return {"steps": steps, "records_per_update": k, "server_step": status["step"], "in_process_step": run.learner.step,
+            "max_abs_weight_difference": diff, "max_abs_weight_change": moved, "equal": diff == 0.0}
+
+
+def plot(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = result["drift"]["windows"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = [v["end"] for v in w]
+    ax.plot(xs, [v["on"] for v in w], marker="o", markersize=3, label="learning on (feedback after each batch)")
+    ax.plot(xs, [v["off"] for v in w], marker="o", markersize=3, label="learning off (base weights)")
+    ax.set_xlabel("requests served")
+    ax.set_ylabel(f"accuracy of served predictions per {result['window']} requests (%)")
+    twin = ax.twinx()
+    twin.plot(xs, [v["angle"] for v in w], color="gray", linestyle=":", label="rotation (degrees)")
+    twin.set_ylabel("rotation of the current images (degrees)")
+    ax.set_title(f"Rotating MNIST over HTTP: +{result['drift_deg_per_1000']} deg per 1,000 requests")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+
+
+def markdown(r: dict) -> str:
+    d = r["drift"]
+    lines = ["# A drifting stream through the learning server", "",
+             f"Machine: {r['machine']}; **shared** with other jobs (load average {r['load_average']}); "
+             "the figures below count requests, not seconds, so the load does not change them.",
+             f"Checkpoint: {r['checkpoint']} (MNIST test accuracy {r['checkpoint_test_accuracy']}). Stream: "
+             f"{r['requests']} MNIST training images in batches of {r['batch']}, rotated by "
+             f"+{r['drift_deg_per_1000']} degrees per 1,000 requests; the learning server updates every "
+             f"{r['records']} labelled records (lr {r['lr']}, probe scale {r['probe_scale']}, whole-model unit vector).",
+             "", "| requests | angle | learning on | learning off |", "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {w['end']} | {w['angle']:.1f} | {w['on']:.1f} | {w['off']:.1f} |" for w in d["windows"]]
+    t = d["test"]
+    lines += ["", f"Second half of the stream, mean window accuracy: learning on {d['second_half_mean']['on']:.1f}%, "
+              f"off {d['second_half_mean']['off']:.1f}%.",
+              f"Held-out test images ({r['test']}) at the final angle ({t['final_angle']['angle']:.0f} degrees): on "
+              f"{t['final_angle']['on']:.1f}%, off {t['final_angle']['off']:.1f}%; upright: on "
+              f"{t['upright']['on']:.1f}%, off {t['upright']['off']:.1f}%.",
+              f"Learner at the end: step {d['learner']['step']}, {d['learner']['recorded']} records learned from, "
+              f"{d['learner']['stale']} stale. Plot: [drift_cpu.png](drift_cpu.png).", ""]
+    if "dress" in r:
+        s = r["dress"]
+        lines += ["## The dress experiment through HTTP", "",
+                  f"{s['steps']} steps of `continual dress` (K = {s['records_per_update']}) sent as predict + "
+                  f"feedback, against the same steps in process: server step {s['server_step']}, in-process step "
+                  f"{s['in_process_step']}; largest weight difference {s['max_abs_weight_difference']:.3g} "
+                  f"(the weights moved by up to {s['max_abs_weight_change']:.3g}).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="a trained `marketplace train` MNIST checkpoint")
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--drift", type=float, default=4.0, help="degrees of rotation per 1,000 requests")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--records", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.03)
+    parser.add_argument("--probe-scale", type=float, default=1.0)
+    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--test", type=int, default=1000, help="held-out test images at the end")
+    parser.add_argument("--dress-steps", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RESULTS / "drift_cpu"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the servers run 1 thread too: the in-process dress run then computes alike
+    from marketplace.training import load_checkpoint
+
+    result = {"machine": machine_summary(), "shared_machine": True, "checkpoint": Path(args.checkpoint).name,
+              "checkpoint_test_accuracy": load_checkpoint(args.checkpoint).meta.get("test_accuracy"),
+              "requests": args.requests, "batch": args.batch, "drift_deg_per_1000": args.drift,
+              "records": args.records, "lr": args.lr, "probe_scale": args.probe_scale, "window": args.window,
+              "test": args.test}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["drift"] = drift(args.checkpoint, Path(tmp), args)
+        if args.dress_steps:
+            result["dress"] = dress_through_http(args.checkpoint, Path(tmp), args.dress_steps)
+    result["load_average"] = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""`marketplace serve CHECKPOINT`: an HTTP server that learns from the requests it serves."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from . import app
+
+
+@app.command()
+def serve(
+    checkpoint: str = typer.Argument(..., help="a `marketplace train` checkpoint (safetensors)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
+    port: int = typer.Option(8000),
+    records: int = typer.Option(256, help="K: labelled records per V2 update"),
+    lr: float = typer.Option(1e-2, help="fixed learning rate of the updates"),
+    probe_scale: float = typer.Option(1.0, help="vendors probe at lr * probe_scale"),
+    unit: str = typer.Option("model", help="unit vector over the whole 'model' or per 'spec'"),
+    seed: int = typer.Option(0, help="seeds the vendors and the serving paths"),
+    classes: Optional[int] = typer.Option(None, help="widen the head to this many classes (a new class)"),
+    store: str = typer.Option("runs/server", help="directory of the SQLite store and the learner checkpoint"),
+    checkpoint_every: int = typer.Option(10, help="updates between learner checkpoints (also on SIGTERM)"),
+    learning: bool = typer.Option(True, help="--no-learning: plain inference with the base weights"),
+    max_batch: int = typer.Option(512, help="inputs per batched forward"),
+    batch_window_ms: float = typer.Option(2.0, help="how long a forward waits for more requests"),
+    max_request: int = typer.Option(512, help="inputs per predict request"),
+    max_body: int = typer.Option(16 * 2**20, help="bytes per request body"),
+    token: Optional[str] = typer.Option(None, help="secret for feedback, report and admin [env: MARKETPLACE_TOKEN]"),
+    protect_predict: bool = typer.Option(False, help="require the token on predict too"),
+    device: str = typer.Option("cpu"),
+    threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
+    log_level: str = typer.Option("warning", help="uvicorn's log level"),
+):
+    """Serve predictions along random paths and learn from feedback (docs/server.md)."""
+    import torch
+    import uvicorn
+
+    from ..server import ServerConfig, create_app, engine_from_checkpoint
+    from ..server.auth import resolve_token
+
+    if threads:
+        torch.set_num_threads(threads)
+    secret, made_up = resolve_token(token)
+    config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
+                          learning=learning, store=store, checkpoint_every=checkpoint_every, max_batch=max_batch,
+                          batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
+                          token=secret, protect_predict=protect_predict, device=device)
+    engine = engine_from_checkpoint(checkpoint, config)
+    status = engine.status()
+    print(f"marketplace serve: http://{host}:{port} step {status['step']} "
+          f"({status['replayed']} records replayed from {store}), learning {'on' if learning else 'off'}",
+          file=sys.stderr, flush=True)
+    if made_up:
+        print(f"token (made up for this run; set --token or $MARKETPLACE_TOKEN to choose one): {secret}",
+              file=sys.stderr, flush=True)
+    uvicorn.run(create_app(engine), host=host, port=port, log_level=log_level, access_log=False,
+                timeout_graceful_shutdown=10)

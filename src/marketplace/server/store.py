@@ -1,0 +1,159 @@
+"""The durable store: every served request and every acknowledged record, in SQLite (WAL).
+
+Two tables. `served` holds what a later label needs: the step (the seeds)
+a request was served with, its path and its logits. `records` is the log
+the learner consumes, in `seq` order: one (step, path, loss) per
+acknowledged feedback or client report. The learner checkpoint names the
+last `seq` it had applied, so recovery replays exactly the records after it.
+
+Records are committed with `synchronous=FULL` (an acknowledged record
+survives a power cut); served rows with `synchronous=NORMAL` (they survive
+a killed process, and the next FULL commit makes them durable too).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS served (
+    id INTEGER PRIMARY KEY, step INTEGER NOT NULL, path BLOB NOT NULL, logits BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, request_id INTEGER UNIQUE,
+    step INTEGER NOT NULL, path BLOB NOT NULL, loss REAL NOT NULL, label INTEGER, time REAL NOT NULL);
+"""
+
+
+@dataclass
+class ServedRow:
+    step: int
+    path: torch.Tensor  # int64 [N]
+    logits: torch.Tensor  # float32 [C]
+
+
+@dataclass
+class Record:
+    seq: int
+    step: int
+    path: torch.Tensor  # int64 [N]
+    loss: float  # a float32 value
+
+
+def _path_bytes(path: torch.Tensor) -> bytes:
+    return path.to(torch.int32).numpy().tobytes()
+
+
+def _path(blob: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(blob, dtype=np.int32).astype(np.int64))
+
+
+class Store:
+    """One SQLite file; used from one thread at a time (the server's engine thread)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+        self._next_id = int(self.db.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM served").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- metadata ------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- served requests -----------------------------------------------------
+
+    @property
+    def next_id(self) -> int:
+        return self._next_id
+
+    def add_served(self, step: int, paths: torch.Tensor, logits: torch.Tensor) -> list[int]:
+        """Store a served batch (paths [B, N], logits [B, C]); returns the request ids given to it."""
+        ids = list(range(self._next_id, self._next_id + paths.shape[0]))
+        logits = logits.detach().float().cpu().numpy()
+        rows = [(i, step, _path_bytes(p), logits[r].tobytes()) for r, (i, p) in enumerate(zip(ids, paths.cpu()))]
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT INTO served VALUES (?, ?, ?, ?)", rows)
+        self._next_id += len(ids)
+        return ids
+
+    def served(self, ids: Sequence[int]) -> dict[int, ServedRow]:
+        """The stored requests among `ids` (missing ones are absent from the answer)."""
+        found: dict[int, ServedRow] = {}
+        for chunk in range(0, len(ids), 500):
+            part = list(ids[chunk : chunk + 500])
+            marks = ",".join("?" * len(part))
+            for rid, step, path, logits in self.db.execute(
+                    f"SELECT id, step, path, logits FROM served WHERE id IN ({marks})", part):
+                found[rid] = ServedRow(step, _path(path), torch.from_numpy(np.frombuffer(logits, np.float32).copy()))
+        return found
+
+    def served_after(self, last_id: int) -> int:
+        """How many requests were served after id `last_id`."""
+        return int(self.db.execute("SELECT COUNT(*) FROM served WHERE id > ?", (last_id,)).fetchone()[0])
+
+    # -- records -------------------------------------------------------------
+
+    def labelled(self, ids: Sequence[int]) -> set[int]:
+        """The ids among `ids` that already have a feedback record."""
+        found: set[int] = set()
+        for chunk in range(0, len(ids), 500):
+            part = list(ids[chunk : chunk + 500])
+            marks = ",".join("?" * len(part))
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT request_id FROM records WHERE request_id IN ({marks})", part))
+        return found
+
+    def add_records(self, kind: str, steps: Sequence[int], paths: torch.Tensor, losses: torch.Tensor,
+                    request_ids: Sequence[int] | None = None, labels: Sequence[int] | None = None) -> list[int]:
+        """Append records durably (fsync before returning); returns their seq numbers, in order."""
+        now = time.time()
+        n = len(steps)
+        request_ids = request_ids if request_ids is not None else [None] * n
+        labels = labels if labels is not None else [None] * n
+        losses = losses.detach().float().cpu().tolist()
+        self.db.execute("PRAGMA synchronous=FULL")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            seqs = []
+            for rid, step, path, loss, label in zip(request_ids, steps, paths.cpu(), losses, labels):
+                cur = self.db.execute(
+                    "INSERT INTO records (kind, request_id, step, path, loss, label, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (kind, rid, int(step), _path_bytes(path), float(loss), label, now))
+                seqs.append(int(cur.lastrowid))
+        return seqs
+
+    def records_after(self, seq: int) -> Iterator[Record]:
+        """The records after `seq`, in the order they were acknowledged."""
+        for s, step, path, loss in self.db.execute(
+                "SELECT seq, step, path, loss FROM records WHERE seq > ? ORDER BY seq", (seq,)):
+            yield Record(int(s), int(step), _path(path), float(loss))
+
+    def last_seq(self) -> int:
+        return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM records").fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table: served requests, feedback and report records."""
+        served = int(self.db.execute("SELECT COUNT(*) FROM served").fetchone()[0])
+        kinds = dict(self.db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
+        return {"served": served, "feedback": int(kinds.get("feedback", 0)), "report": int(kinds.get("report", 0))}

@@ -1,0 +1,31 @@
+"""`marketplace serve` refuses bad arguments with one line, before it listens anywhere."""
+
+import pytest
+
+from helpers import assert_user_error, run_cli, tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny.safetensors")
+
+
+def test_a_missing_checkpoint_is_one_line(monkeypatch, capsys, tmp_path):
+    assert_user_error(*run_cli(monkeypatch, capsys, "serve", tmp_path / "nope.safetensors", "--token", "t",
+                               "--store", tmp_path / "s"), "no checkpoint")
+
+
+@pytest.mark.parametrize("args, hint", [
+    (("--records", "1"), "--records"), (("--lr", "0"), "--lr"), (("--unit", "layer"), "--unit"),
+    (("--max-request", "600"), "--max-request"), (("--batch-window-ms", "-1"), "--batch-window-ms"),
+    (("--classes", "5"), "narrow"),
+])
+def test_bad_options_are_one_line(monkeypatch, capsys, tmp_path, checkpoint, args, hint):
+    assert_user_error(*run_cli(monkeypatch, capsys, "serve", checkpoint, "--token", "t", "--store", tmp_path / "s",
+                               *args), hint)
+
+
+def test_a_store_that_is_a_file_is_refused(monkeypatch, capsys, tmp_path, checkpoint):
+    (tmp_path / "file").write_text("x")
+    assert_user_error(*run_cli(monkeypatch, capsys, "serve", checkpoint, "--token", "t", "--store",
+                               tmp_path / "file"), "directory")

@@ -1,0 +1,121 @@
+"""Tests of marketplace.server.engine without HTTP: the update rule, stale records, recovery by replay."""
+
+
+import pytest
+import torch
+
+from marketplace import Market, MarketplaceError
+from marketplace.continual import ContinualLearner
+from marketplace.models import mlp
+from marketplace.optim import V2
+from marketplace.server import RequestError, ServerConfig, engine_from_market
+
+SHAPE = (6,)
+
+
+def market(seed=0):
+    torch.manual_seed(seed)
+    return Market(mlp([6, 5, 3]), [3, 2])
+
+
+def engine(store, m=None, **kw):
+    config = ServerConfig(records=4, lr=0.05, seed=1, store=str(store), token="t", checkpoint_every=100, **kw)
+    return engine_from_market(m if m is not None else market(), config, SHAPE)
+
+
+def weights(m):
+    return torch.cat([m.flat_parameters(k) for k in range(m.depth)])
+
+
+def stream(e, steps, seed=0):
+    """Serve and label `steps` batches of 3 requests each (labels of one batch arrive reversed)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(3, 6, generator=g), torch.randint(0, 3, (3,), generator=g)
+        out = e.predict(x)
+        e.feedback(out.ids[::-1], y.flip(0).tolist())
+
+
+def test_feedback_updates_exactly_as_the_in_process_learner(tmp_path):
+    e = engine(tmp_path)
+    twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1), records=4,
+                            path_seed=1)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x, y = torch.randn(2, 6, generator=g), torch.randint(0, 3, (2,), generator=g)
+        out = e.predict(x)
+        e.feedback(out.ids, y.tolist())
+        twin.serve(x, labels=y)
+    assert e.step == twin.step == 2
+    assert torch.equal(weights(e.market), weights(twin.market))
+
+
+def test_late_feedback_is_stored_and_counted_stale_never_learned(tmp_path):
+    e = engine(tmp_path)
+    late = e.predict(torch.randn(1, 6))
+    stream(e, 2)  # 6 records: one update
+    answer = e.feedback(late.ids, [1])
+    assert answer == {"stored": 1, "recorded": 0, "stale": 1, "updates": 0, "step": 1}
+    assert e.store.counts()["feedback"] == 7
+
+
+@pytest.mark.parametrize("checkpoint_after", [None, 2])
+def test_a_crash_loses_nothing_acknowledged_and_replays_to_the_same_state(tmp_path, checkpoint_after):
+    """Kill (no close), reopen the same store: the same weights, step, seeds and counters."""
+    e = engine(tmp_path)
+    stream(e, 2)
+    if checkpoint_after:
+        e.checkpoint()
+    stream(e, 5, seed=1)
+    before = (weights(e.market).clone(), e.step, dict(e.learner.stats), e.learner.buffered)
+    assert e.step >= 3
+    del e  # a crash: the learner's last state is never written
+    again = engine(tmp_path)
+    assert torch.equal(weights(again.market), before[0])
+    assert (again.step, dict(again.learner.stats), again.learner.buffered) == before[1:]
+    assert again.replayed == (21 if checkpoint_after is None else 15)
+    stream(again, 1, seed=2)  # and it goes on: new ids, same store
+    assert again.store.counts()["feedback"] == 24
+
+
+def test_bad_feedback_and_reports_are_refused_with_their_status(tmp_path):
+    e = engine(tmp_path)
+    out = e.predict(torch.randn(2, 6))
+    cases = [(lambda: e.feedback([99], [0]), 404), (lambda: e.feedback(out.ids[:1] * 2, [0, 0]), 409),
+             (lambda: e.feedback(out.ids[:1], [3]), 422),
+             (lambda: e.report([5], torch.tensor([[0, 0]]), torch.tensor([1.0])), 422),
+             (lambda: e.report([0], torch.tensor([[3, 0]]), torch.tensor([1.0])), 422),
+             (lambda: e.report([0], torch.tensor([[0, 0]]), torch.tensor([float("nan")])), 422)]
+    for call, status in cases:
+        with pytest.raises(RequestError) as info:
+            call()
+        assert info.value.status == status, str(info.value)
+    e.feedback(out.ids[:1], [0])
+    with pytest.raises(RequestError) as info:
+        e.feedback(out.ids[:1], [0])
+    assert info.value.status == 409 and "already" in str(info.value)
+    assert e.store.counts()["feedback"] == 1
+
+
+def test_reports_of_a_superseded_step_are_refused_and_counted_stale(tmp_path):
+    e = engine(tmp_path)
+    e.report([0] * 4, torch.zeros(4, 2, dtype=torch.int64), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert e.step == 1
+    with pytest.raises(RequestError) as info:
+        e.report([0], torch.zeros(1, 2, dtype=torch.int64), torch.tensor([1.0]))
+    assert info.value.status == 409 and e.learner.stats["stale"] == 1
+
+
+def test_a_store_made_for_other_weights_is_refused(tmp_path):
+    engine(tmp_path).close()
+    with pytest.raises(MarketplaceError, match="other starting weights"):
+        engine(tmp_path, market(seed=1))
+
+
+def test_learning_off_serves_the_base_weights_and_takes_no_feedback(tmp_path):
+    e = engine(tmp_path / "off", learning=False)
+    x = torch.randn(3, 6)
+    out = e.predict(x)
+    assert out.ids is None and torch.equal(out.logits, e.market(x)) and not (tmp_path / "off").exists()
+    with pytest.raises(RequestError, match="learning is off"):
+        e.feedback([0], [0])

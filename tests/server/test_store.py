@@ -1,0 +1,37 @@
+"""Tests of marketplace.server.store: served rows, the record log, its order, reopening."""
+
+import torch
+
+from marketplace.server import Store
+
+
+def test_served_rows_keep_step_path_and_logits_and_ids_continue_after_reopen(tmp_path):
+    store = Store(tmp_path / "s.sqlite3")
+    paths, logits = torch.tensor([[0, 1], [1, 0], [1, 1]]), torch.randn(3, 4)
+    assert store.add_served(5, paths, logits) == [0, 1, 2]
+    rows = store.served([2, 0, 99])
+    assert set(rows) == {0, 2}
+    assert rows[2].step == 5 and torch.equal(rows[2].path, paths[2]) and torch.equal(rows[2].logits, logits[2])
+    store.close()
+    again = Store(tmp_path / "s.sqlite3")  # what a restarted server sees
+    assert again.add_served(6, paths[:1], logits[:1]) == [3]
+    assert again.served_after(1) == 2
+
+
+def test_records_come_back_in_the_order_they_were_acknowledged_and_feedback_is_unique(tmp_path):
+    store = Store(tmp_path / "s.sqlite3")
+    first = store.add_records("feedback", [0, 0], torch.tensor([[0, 1], [1, 1]]), torch.tensor([0.5, 1.5]),
+                              request_ids=[7, 3], labels=[1, 2])
+    second = store.add_records("report", [1], torch.tensor([[1, 0]]), torch.tensor([0.25]))
+    assert first[0] < first[1] < second[0] == store.last_seq()
+    records = list(store.records_after(first[0]))
+    assert [(r.step, r.loss) for r in records] == [(0, 1.5), (1, 0.25)]
+    assert torch.equal(records[1].path, torch.tensor([1, 0]))
+    assert store.labelled([3, 4, 7]) == {3, 7}
+    assert store.counts() == {"served": 0, "feedback": 2, "report": 1}
+    try:
+        store.add_records("feedback", [0], torch.tensor([[0, 0]]), torch.tensor([1.0]), request_ids=[7], labels=[0])
+        raise AssertionError("a second feedback for request 7 was stored")
+    except Exception as e:  # sqlite3.IntegrityError: the UNIQUE column refuses it
+        assert "UNIQUE" in str(e)
+    assert store.counts()["feedback"] == 2  # the refused transaction left nothing behind
