@@ -144,7 +144,8 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
     else:  # no weights to say how many vendors read the input
         raise Unsupported("a spec without parameters")
     layers = _leaves(spec)
-    own = lambda prefix, mod: {n: params[prefix + n] for n, _ in mod.named_parameters(recurse=False)}
+    names = {id(p): n for n, p in spec.named_parameters()}  # tied weights: one name, the first
+    own = lambda prefix, mod: {n: params[names[id(p)]] for n, p in mod.named_parameters(recurse=False)}
     start, owned = 0, False
     if shared:
         h = None
