@@ -57,7 +57,12 @@ def isolated(monkeypatch, tmp_path):
         monkeypatch.delenv(var.upper(), raising=False)
     cache = tmp_path / "cache"
     monkeypatch.setattr(data, "default_cache_dir", lambda: cache)
-    monkeypatch.setattr(data.platformdirs, "user_cache_dir", lambda *a, **k: str(tmp_path / "pd"))
+    try:  # data imports platformdirs lazily and optionally (the GPU machine lacks it)
+        import platformdirs
+    except ImportError:
+        pass
+    else:
+        monkeypatch.setattr(platformdirs, "user_cache_dir", lambda *a, **k: str(tmp_path / "pd"))
 
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo

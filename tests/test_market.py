@@ -143,7 +143,7 @@ def test_speed_options_stay_close_to_the_fp32_reference(options, tol):
     assert float(error) < tol
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_bf16_market_matches_cpu_fp32():
     torch.manual_seed(0)
     cpu = Market(beautiful_mnist(3), vendors=[4, 4, 4], precision="fp32")

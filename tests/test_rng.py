@@ -66,7 +66,7 @@ def test_derive_seeds_deterministic_nonzero_and_distinct():
     assert int(derive_seeds(0, 0, count=1)[0]) == int(derive_seeds(0, count=1)[0])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_same_bits_on_cuda():
     seeds = torch.tensor([0, 1, 99, -(2**63)])
     cpu = uniform_pm1(seeds, 100_001)

@@ -2,9 +2,9 @@
 
 The base weights live in ordinary `nn.Module`s (one per spec); vendors exist
 only as deltas for the length of one step. `Market.evaluate` runs every path
-through every vendor as one batched computation per spec: the vendors'
-weights are stacked and `torch.func.vmap` maps `functional_call` over them
-(conv layers become one wide or one grouped convolution).
+through every vendor as one batched computation per spec over the vendors'
+stacked weights, in one of the layouts of `formulations` (`vmap` of
+`functional_call`, or the vendors folded into grouped and wide convolutions).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, vmap
 
+from . import formulations
 from . import specs as spec_rules
 from .errors import MarketError
 from .vendors import Vendors
@@ -95,7 +95,10 @@ class Market(nn.Module):
     fp32 elsewhere); losses are reduced in float32 either way.
     channels_last: image products in channels-last layout ("auto": yes, for
     4-d products; faster on CUDA and, measured, on the CPU too).
-    compile: run each spec's vendor batch through `torch.compile`.
+    compile: run each spec's vendor batch through `torch.compile` (True, or a
+    mode name such as "max-autotune" or "reduce-overhead", CUDA graphs).
+    formulation: how a spec's vendor batch is laid out ("vmap", "grouped",
+    "wide", or "auto": the fastest measured per device); see formulations.py.
     """
 
     def __init__(
@@ -106,14 +109,20 @@ class Market(nn.Module):
         *,
         precision: str = "auto",
         channels_last: bool | str = "auto",
-        compile: bool = False,
+        compile: bool | str = False,
+        formulation: str = "auto",
     ):
         super().__init__()
         if precision not in _PRECISIONS:
             raise MarketError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
         if channels_last not in (True, False, "auto"):
             raise MarketError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
-        self.precision, self.channels_last, self.compile = precision, channels_last, bool(compile)
+        if formulation not in formulations.FORMULATIONS:
+            raise MarketError(f"formulation must be one of {', '.join(formulations.FORMULATIONS)}, "
+                              f"got {formulation!r}")
+        self.precision, self.channels_last = precision, channels_last
+        self.compile = compile if isinstance(compile, str) else bool(compile)
+        self.formulation = formulation
         self._compiled: dict = {}
         specs = spec_rules.check_specs(specs)
         self.specs = nn.ModuleList(specs)
@@ -249,22 +258,26 @@ class Market(nn.Module):
         shared: every vendor reads the same input [N, ...] (one wide op),
         else vendor j reads inp[j] (grouped ops).
         """
-        if shared and inp.dim() == 4 and self.channels_last in (True, "auto"):
+        channels_last = self.channels_last in (True, "auto")
+        form = formulations.resolve(self.formulation, inp.device)
+        if form == "vmap" and shared and inp.dim() == 4 and channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         if not params:  # no parameters: the one implicit vendor runs the spec as it is
             run = (lambda x: self.specs[k](x)[None]) if shared else (lambda x: self.specs[k](x[0])[None])
             return self._call(k, run, inp)
-        key = (k, shared)
+        key = (k, shared, form)
         fn = self._compiled.get(key)
         if fn is None:
-            spec = self.specs[k]
-            call = lambda p, x: functional_call(spec, p, (x,))
-            # "different": each vendor (and each product, an element of x) draws its own dropout mask
-            fn = vmap(call, in_dims=(0, None if shared else 0), randomness="different")
+            fn = formulations.spec_function(self.specs[k], form, shared, channels_last)
             if self.compile:
-                fn = torch.compile(fn, dynamic=False)
+                mode = self.compile if isinstance(self.compile, str) else None
+                fn = torch.compile(fn, dynamic=False, mode=mode)
             self._compiled[key] = fn
-        return self._call(k, lambda x: fn(params, x), inp)
+        try:
+            return self._call(k, lambda x: fn(params, x), inp)
+        except formulations.Unsupported:  # a shape the grouped layout has no rule for: vmap from now on
+            self._compiled[key] = fn = formulations.vmap_spec(self.specs[k], shared)
+            return self._call(k, lambda x: fn(params, x), inp)
 
     def _call(self, k: int, fn, inp: torch.Tensor) -> torch.Tensor:
         """Run spec k, turning torch's shape errors into one line that names the spec.

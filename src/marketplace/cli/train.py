@@ -66,6 +66,12 @@ def train(
     hooks = [] if quiet else [ProgressBar()]
     if log:
         hooks.append(JsonLog(log))
+    import torch
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        from ..experiments.page_faults import reuse_freed_memory
+
+        reuse_freed_memory()  # a CPU step's products then reuse freed pages instead of faulting in new ones
     summary = run(config, hooks)
     if json_out:
         print(json.dumps(summary), flush=True)

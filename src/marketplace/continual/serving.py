@@ -5,11 +5,12 @@ requests themselves probe the vendors. The forward pass stays one batched
 computation per spec: the examples are grouped by the vendor they drew,
 padded to the largest group, run through all vendors at once over the
 stacked vendor weights, and scattered back into request order. Vendors
-that no example drew are left out (a batch of one runs one vendor, not M). Common layers
-(Conv2d, InstanceNorm2d, Linear, pooling, activations) run in a grouped
-layout, the vendors folded into the channels (one grouped convolution);
-any other spec goes through `vmap(functional_call)` as `Market.evaluate`
-does. There is no Python loop over examples or vendors.
+that no example drew are left out (a batch of one runs one vendor, not M).
+Common layers (Conv2d, InstanceNorm2d, Linear, pooling, activations) run in
+the grouped layout of `formulations` (the one `Market.evaluate` uses), the
+vendors folded into the channels (one grouped convolution); any other spec
+goes through `vmap(functional_call)`. There is no Python loop over examples
+or vendors.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call, vmap
 
+from .. import formulations
 from ..market import Market, MarketError
 from ..vendors import Vendors
 
@@ -72,72 +72,22 @@ def _slots(vendor: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, in
     return gather, slot, group
 
 
-class _Unsupported(Exception):
-    """The grouped layout has no rule for this module or shape; use vmap."""
-
-
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU,
-                nn.Softplus, nn.Identity)
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-def _grouped_forward(module: nn.Module, params: dict[str, torch.Tensor], h: torch.Tensor,
-                     prefix: str = "") -> torch.Tensor:
-    """Every vendor on its own group of examples, vendors folded into channels.
-
-    h: [G, M, *features], example r of vendor j at [r, j]; params: stacked
-    vendor weights {name: [M, *shape]}. A convolution becomes one grouped
-    convolution (M groups), an instance norm one norm over M * C channels, a
-    linear layer one batched matmul; per-channel layers see [G, M * C, H, W].
-    This avoids the reshuffles that vmap's batching rules add around
-    InstanceNorm and pooling (about 1.4x slower on a CPU for the CNN's first
-    spec). Raises _Unsupported for anything else.
-    """
-    g, m = h.shape[:2]
-    merged = lambda t: t.reshape(g, m * t.shape[2], *t.shape[3:])  # [G, M*C, H, W]
-    split = lambda t: t.view(g, m, -1, *t.shape[2:])  # back to [G, M, C, H, W]
-    if isinstance(module, nn.Sequential):
-        for name, child in module.named_children():
-            h = _grouped_forward(child, params, h, f"{prefix}{name}.")
-        return h
-    own = {n: params[prefix + n] for n, _ in module.named_parameters(recurse=False)}
-    if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and h.dim() == 5 \
-            and not isinstance(module.padding, str):
-        w, b = own["weight"], own.get("bias")  # [M, O, C/groups, kh, kw], [M, O]
-        y = F.conv2d(merged(h), w.reshape(-1, *w.shape[2:]), None if b is None else b.reshape(-1),
-                     module.stride, module.padding, module.dilation, module.groups * m)
-        return split(y)
-    if isinstance(module, nn.InstanceNorm2d) and not module.track_running_stats and h.dim() == 5:
-        w, b = own.get("weight"), own.get("bias")  # [M, C]
-        y = F.instance_norm(merged(h), weight=None if w is None else w.reshape(-1),
-                            bias=None if b is None else b.reshape(-1), eps=module.eps)
-        return y.view(h.shape)
-    if isinstance(module, _POOLS) and h.dim() == 5:
-        return split(module(merged(h)))
-    if isinstance(module, nn.Linear):
-        w, b = own["weight"], own.get("bias")  # [M, O, F], [M, O]
-        y = torch.einsum("gm...f,mof->gm...o", h, w)
-        if b is not None:
-            y = y + b.view(1, m, *([1] * (y.dim() - 3)), -1)
-        return y
-    if isinstance(module, nn.Flatten) and module.end_dim == -1 and module.start_dim >= 1:
-        return h.flatten(module.start_dim + 1)
-    if isinstance(module, _ELEMENTWISE):
-        return module(h)
-    raise _Unsupported(type(module).__name__)
-
-
 def _spec_forward(market: Market, k: int, params: dict[str, torch.Tensor], h: torch.Tensor,
                   grouped: bool = True) -> torch.Tensor:
-    """Spec k on h [G, M, ...] (example r of vendor j at [r, j]) -> [G, M, ...out]."""
+    """Spec k on h [G, M, ...] (example r of vendor j at [r, j]) -> [G, M, ...out].
+
+    The grouped layout (`formulations.grouped_spec`) avoids the reshuffles
+    that vmap's batching rules add around InstanceNorm and pooling (about
+    1.4x slower on a CPU for the CNN's first spec).
+    """
     spec = market.specs[k]
-    call = lambda p, inp: functional_call(spec, p, (inp,))
     try:
-        if grouped:
-            try:
-                return _grouped_forward(spec, params, h)
-            except _Unsupported:
+        if grouped and formulations.expressible(spec):
+            try:  # grouped_spec takes and gives the vendor axis first: [M, G, ...]
+                return formulations.grouped_spec(spec, params, h.transpose(0, 1), shared=False).transpose(0, 1)
+            except formulations.Unsupported:
                 pass
+        call = lambda p, inp: functional_call(spec, p, (inp,))
         return vmap(call, in_dims=(0, 1), out_dims=1)(params, h)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

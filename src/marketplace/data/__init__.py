@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
 import torch
 
 from . import cifar
@@ -30,7 +29,15 @@ MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics, used for both IDX data set
 
 
 def default_cache_dir() -> Path:
-    """Where downloads go, so they survive across runs and projects."""
+    """Where downloads go, so they survive across runs and projects.
+
+    platformdirs is imported here, not at the top, and is optional: the lent
+    GPU machine reads MARKETPLACE_DATA_DIR and lacks it (then ~/.cache).
+    """
+    try:
+        import platformdirs
+    except ImportError:
+        return Path.home() / ".cache" / "marketplace" / "data"
     return Path(platformdirs.user_cache_dir("marketplace")) / "data"
 
 

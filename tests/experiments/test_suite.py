@@ -1,0 +1,50 @@
+import json
+
+import torch
+
+from marketplace.experiments.suite import Suite, TINY, run_suite, summary_table
+
+
+def test_tiny_suite_runs_every_part_and_leaves_json(small_data, tmp_path):
+    """The GPU suite end to end at toy sizes on the CPU: every part but the pytest subprocess runs."""
+    out = tmp_path / "out"
+    suite = Suite(TINY, [out], budget_s=600, device=torch.device("cpu"), data_dir=str(small_data),
+                  skip=("cuda_tests",))
+    results = run_suite(suite, tmp_path / "work")
+    parts = results["parts"]
+    assert parts["cuda_tests"]["status"] == "skipped"
+    assert {n: p["status"] for n, p in parts.items() if n != "cuda_tests"} == {
+        n: "ok" for n in ("step_speed", "v2_train", "backprop", "serving", "philox", "continual_dress",
+                          "v2_pretrain_no9", "continual_nine", "v2_train_wide")}
+    assert sorted(parts["v2_train"]["test_accuracy_at"]) == [TINY.eval_every, TINY.train_steps]
+    variants = [r["variant"] for r in parts["step_speed"]["rows"] if r["name"] == "market V2 step"]
+    assert variants == list(TINY.variants)
+    saved = json.loads((out / "gpu_suite.json").read_text())
+    assert saved["parts"].keys() == parts.keys() and saved["device"]
+    assert (out / "gpu_suite.md").read_text().startswith("# GPU suite: ")
+    assert "| continual_nine | ok |" in summary_table(results)
+
+
+def test_parts_that_do_not_fit_the_budget_are_skipped_with_a_reason(tmp_path):
+    suite = Suite(TINY, [tmp_path], budget_s=1.0, device=torch.device("cpu"))
+    result = suite.part("slow", 30.0, lambda: {"never": "run"})
+    assert result["status"] == "skipped" and "needs ~30 s" in result["reason"]
+    broken = suite.part("broken", 0.0, lambda: 1 / 0)
+    assert broken["status"] == "error" and "ZeroDivisionError" in broken["error"]
+    saved = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert saved["parts"]["slow"]["status"] == "skipped"  # written after every part
+
+
+def test_the_script_refuses_unknown_parts(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_suite.py"
+    spec = importlib.util.spec_from_file_location("gpu_suite", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as info:
+        script.main(["--only", "step_speed,warp_drive", "--device", "cpu"])
+    assert info.value.code == 2 and "warp_drive" in capsys.readouterr().err
