@@ -23,7 +23,7 @@ from marketplace import data
 from marketplace.data import DATASETS, DataError, download, find_dataset_dir, load_split
 from marketplace.errors import MarketplaceError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 NAMES = DATASETS["mnist"].file_names
 
 
