@@ -9,8 +9,8 @@ def test_table_gives_mean_std_and_range():
     runs = {"v2": [{"test_accuracy": a, "seed": s} for s, a in enumerate([80.0, 82.0, 84.0])],
             "v2-4x4x32": []}
     text = protocol.table(runs, 1500)
-    assert "| v2 | (V2 defaults) | 0,1,2 | 82.00 ± 2.00 | 80.00 - 84.00 |" in text
-    assert "| v2-4x4x32 | --vendors 4,4,32 | none finished | | |" in text
+    assert "| v2 | --cheap-vendors 0 | 0,1,2 | 82.00 ± 2.00 | 80.00 - 84.00 |" in text
+    assert "| v2-4x4x32 | --vendors 4,4,32 --cheap-vendors 0 | none finished | | |" in text
 
 
 def test_a_finished_run_is_read_back_not_run_again(tmp_path, monkeypatch):

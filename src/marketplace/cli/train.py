@@ -24,7 +24,7 @@ def train(
     probe_scale: float = typer.Option(0.03, help="v2: vendors probe at lr * probe_scale"),
     unit: str = typer.Option("spec", help="v2: unit vector per 'spec' or over the whole 'model'"),
     meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
-    cheap_vendors: float = typer.Option(0.0, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much (0.05 = 5%; 0 = off)"),
+    cheap_vendors: float = typer.Option(0.05, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much (0.05 = 5%: 4,4,4 trains 4x4x32; 0 = exactly --vendors)"),
     optimizer: str = typer.Option("sgd", help="v2: the torch.optim optimizer on the estimate: sgd (= V2), momentum, adam or adamw"),
     momentum: float = typer.Option(0.9, help="momentum: the momentum factor"),
     nesterov: bool = typer.Option(False, help="momentum: Nesterov's variant"),
