@@ -18,13 +18,13 @@ from .functional import (
 )
 from .market import Market, MarketError, MarketOutput
 from .models import beautiful_mnist, mlp
-from .optim import V1, V2, AdaptiveV2, MarketOptimizer
+from .optim import V1, V2, AdaptiveV2, ForwardGradient, MarketOptimizer, TorchMarketOptimizer
 from .vendors import SeededVendors, draw_vendors
 
 __version__ = "0.2.0"
 
 __all__ = [
-    "AdaptiveV2", "Market", "MarketError", "MarketOptimizer", "MarketOutput", "MarketplaceError",
-    "NonFiniteLossError", "SeededVendors", "V1", "V2", "beautiful_mnist", "best_path", "draw_vendors",
+    "AdaptiveV2", "ForwardGradient", "Market", "MarketError", "MarketOptimizer", "MarketOutput", "MarketplaceError",
+    "NonFiniteLossError", "SeededVendors", "TorchMarketOptimizer", "V1", "V2", "beautiful_mnist", "best_path", "draw_vendors",
     "mlp", "path_losses", "reconcile", "standardized_attribution", "unit_directions", "vendor_attribution",
 ]

@@ -113,3 +113,40 @@ def unit_directions(reconciled: Sequence[torch.Tensor], per_spec: bool = True) -
 def best_path(losses: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
     """The path of the lowest loss (ties: the first), int64 [N]."""
     return paths[int(torch.argmin(losses))]
+
+
+def centered_rank_attribution(losses: torch.Tensor) -> torch.Tensor:
+    """Fitness shaping: A_i from the rank of L_i, evenly spaced, mean 0, std 1; best path highest.
+
+    Unlike z-scores, one outlier loss cannot dominate the step. Ties share
+    their mean rank, so all-equal losses give zeros.
+    """
+    n = losses.numel()
+    if n < 2:
+        return torch.zeros_like(losses, dtype=torch.float32)
+    losses = losses.double()
+    below = (losses[None, :] < losses[:, None]).sum(1).double()
+    ties = (losses[None, :] == losses[:, None]).sum(1).double()
+    rank = below + (ties - 1) / 2  # 0 = lowest loss; mean rank for ties
+    shaped = (n - 1) / 2 - rank
+    std = shaped.std(unbiased=False)
+    return (shaped / std).float() if bool(std > 0) else torch.zeros(n)
+
+
+ATTRIBUTIONS = {"zscore": standardized_attribution, "rank": centered_rank_attribution}
+
+
+def descent_directions(reconciled: Sequence[torch.Tensor], sigma: Sequence[float], direction: str = "unit",
+                       per_spec: bool = True) -> list[torch.Tensor]:
+    """The estimate as a gradient for torch.optim: -G_k ("unit") or -R_k / sigma_k ("raw").
+
+    "unit" is V2's direction, so SGD with lr eta moves theta by eta G exactly
+    as V2 does; "raw" keeps the length of R_k / sigma_k = sum_j a_kj u_kj
+    (u uniform in [-1, 1]), which grows with the spread of the attributions
+    and gives Adam's per-parameter scaling something to work on.
+    """
+    if direction == "unit":
+        return [-g for g in unit_directions(reconciled, per_spec)]
+    if direction == "raw":
+        return [-r / s if s > 0 else torch.zeros_like(r) for r, s in zip(reconciled, sigma)]
+    raise MarketplaceError(f"unknown direction {direction!r}; choose 'unit' or 'raw'")

@@ -182,11 +182,15 @@ class Market(nn.Module):
         return torch.cat([params[n].reshape(-1).float() for n in self.layouts[k].names])
 
     @torch.no_grad()
-    def add_(self, k: int, delta: torch.Tensor) -> None:
-        """theta_k += delta, with delta a flat [numel] vector in layout order."""
+    def add_(self, k: int, delta: torch.Tensor, alpha: float = 1.0) -> None:
+        """theta_k += alpha * delta, with delta a flat [numel] vector in layout order.
+
+        alpha is applied as torch.optim.SGD applies its lr (`add_(d, alpha=)`),
+        so V2's step and SGD's on the same direction round alike.
+        """
         params = dict(self.specs[k].named_parameters())
         for name, d in self.layouts[k].split(delta).items():
-            params[name].add_(d.to(params[name].dtype))
+            params[name].add_(d.to(params[name].dtype), alpha=alpha)
 
     @property
     def device(self) -> torch.device:

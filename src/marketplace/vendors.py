@@ -34,12 +34,16 @@ class SeededVendors:
     seeds: per spec, int64 [M_k] on the CPU; seeds[k][0] is 0, the leader.
     cache: keep expanded deltas until the step ends (faster), or regenerate
     them from the seeds on every use (memory of the seeds only).
+    antithetic: vendors come in pairs, vendor 2i the mirror -delta of vendor
+    2i-1 (its own seed unused), so the pair's difference cancels the
+    even-order terms of the loss; with an even M_k the last vendor is unpaired.
     """
 
     seeds: tuple[torch.Tensor, ...]
     sigma: tuple[float, ...]
     sampling_seed: int = 0
     cache: bool = True
+    antithetic: bool = False
     _units: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -52,6 +56,9 @@ class SeededVendors:
         if key in self._units:
             return self._units[key]
         units = uniform_pm1(self.seeds[k].to(device), numel)
+        if self.antithetic:
+            pairs = (len(units) - 1) // 2
+            units[2 : 2 * pairs + 1 : 2] = -units[1 : 2 * pairs : 2]
         if self.cache:
             self._units[key] = units
         return units
@@ -67,6 +74,7 @@ def draw_vendors(
     sigma: Sequence[float],
     cache: bool = True,
     stream: int = 0,
+    antithetic: bool = False,
 ) -> SeededVendors:
     """The vendors of `step`: a pure function of (seed, step, stream).
 
@@ -79,4 +87,4 @@ def draw_vendors(
         for k, m in enumerate(counts)
     )
     sampling_seed = int(derive_seeds(seed, SAMPLING_STREAM + (stream << 8), step)[0])
-    return SeededVendors(seeds, tuple(float(s) for s in sigma), sampling_seed, cache)
+    return SeededVendors(seeds, tuple(float(s) for s in sigma), sampling_seed, cache, antithetic)

@@ -28,7 +28,7 @@ def test_train_prints_a_final_json_line(monkeypatch, capsys, small_data):
     assert 0.0 <= result["test_accuracy"] <= 100.0
     assert result["steps"] == 2
     assert isinstance(result["seconds"], (int, float)) and result["seconds"] >= 0
-    assert result["vendors"] == [2, 2, 2]
+    assert result["vendors"] == [2, 2, 64]  # --cheap-vendors 0.05 by default: the head's vendors are nearly free
     assert result["algorithm"] == "v2" and result["dataset"] == "mnist"
 
 
@@ -93,6 +93,11 @@ def test_resume_through_the_cli_continues_the_step_count(monkeypatch, capsys, sm
         pytest.param(["train", "--algorithm", "v9", "--steps", "1"], ["v9"], id="unknown-algorithm"),
         pytest.param(["train", "--on-nonfinite", "maybe", "--steps", "1"], ["--on-nonfinite"], id="bad-nonfinite"),
         pytest.param(["train", "--unit", "layer", "--steps", "1"], ["--unit"], id="bad-unit"),
+        pytest.param(["train", "--optimizer", "lion", "--steps", "1"], ["--optimizer"], id="bad-optimizer"),
+        pytest.param(["train", "--schedule", "cosine", "--max-seconds", "5"], ["horizon"], id="schedule-no-horizon"),
+        pytest.param(["train", "--algorithm", "v1", "--optimizer", "adam", "--steps", "1"], ["v2 only"],
+                     id="torch-options-on-v1"),
+        pytest.param(["train", "--cheap-vendors", "-1", "--steps", "1"], ["--cheap-vendors"], id="bad-cheap-vendors"),
     ],
 )
 def test_user_errors_print_one_line(monkeypatch, capsys, tmp_path, args, hints):

@@ -16,7 +16,8 @@ from marketplace.training import TrainConfig, Trainer, load_checkpoint
 
 from helpers import assert_close, succeeded
 
-TINY = ["--vendors", "2,2,2", "--batch", "8", "--eval-samples", "200", "--device", "cpu", "--quiet", "--json"]
+TINY = ["--vendors", "2,2,2", "--cheap-vendors", "0", "--batch", "8", "--eval-samples", "200", "--device", "cpu", "--quiet",
+        "--json"]  # --cheap-vendors 0: exactly the 2x2x2 market of the single-process reference
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ class ReplicaAxis:
                 r_k = term if r_k is None else r_k + term
             reconciled.append(r_k)
         for k, g in enumerate(unit_directions(reconciled, per_spec=opt.per_spec)):
-            market.add_(k, opt.lr[k] * g)
+            market.add_(k, g, alpha=opt.lr[k])  # rounds as V2._update does
         return True
 
     # -- V1 --------------------------------------------------------------------

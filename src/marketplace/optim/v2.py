@@ -42,7 +42,7 @@ class V2(MarketOptimizer):
     def _update(self, losses: torch.Tensor, paths: torch.Tensor, closure=None) -> None:
         directions = reconciled_directions(self, losses, paths, self.per_spec)
         for k, g in enumerate(directions):
-            self.market.add_(k, self.lr[k] * g)
+            self.market.add_(k, g, alpha=self.lr[k])  # as torch.optim.SGD rounds: SGD reproduces V2
 
     def _hyper(self):
         return {"probe_scale": self.probe_scale, "per_spec": self.per_spec}

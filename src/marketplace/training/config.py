@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from ..data import DATASET_NAMES
 from ..errors import MarketplaceError
 from ..norms import NORM_NAMES
+from ..functional import ATTRIBUTIONS
 from ..optim import OPTIMIZERS
+from ..optim.estimator import DIRECTIONS
+from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
 # Defaults for the small CPU market (4x4x4, batch 128), from 400-step sweeps on MNIST (README,
 # "Choosing the rates"); the published 16-vendor setting is lr 0.1, probe scale 0.1.
@@ -45,6 +48,33 @@ class TrainConfig:
     model: str = "beautiful-mnist"  # a preset of models.PRESETS, or MODULE:FACTORY / FILE.py:FACTORY
     split: tuple[int, ...] | None = None  # where to cut a factory's nn.Sequential into specs
     data: str | None = None  # a .npz/.pt file with x_train, y_train, x_test, y_test; replaces `dataset`
+    # -- the estimator and its optimizer (issue 11) --
+    cheap_vendors: float = 0.0  # raise vendor counts where a spec is cheap, within this FLOP slack (cheap_vendors.py)
+    # v2 through torch.optim (schedules.py, optim/estimator.py); sgd + constant is V2 itself
+    optimizer: str = "sgd"  # sgd, momentum, adam, adamw
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant, cosine, step, warmup-cosine
+    schedule_steps: int | None = None  # the schedule's horizon; None: steps
+    warmup: int = 0
+    min_lr: float = 0.0  # the cosine's final lr, as a fraction of lr
+    probe_width: float | None = None  # a fixed probe width instead of lr * probe_scale
+    attribution: str = "zscore"  # zscore or rank
+    direction: str = "unit"  # unit or raw
+    antithetic: bool = False
+    clip: float | None = None
+
+    def torch_options_used(self) -> bool:
+        """Whether this v2 run needs the torch.optim path (anything but plain SGD on V2's estimate)."""
+        defaults = TrainConfig.__dataclass_fields__
+        names = ("optimizer", "weight_decay", "schedule", "probe_width", "attribution", "direction",
+                 "antithetic", "clip")
+        return any(getattr(self, n) != defaults[n].default for n in names)
+
+    def horizon(self) -> int | None:
+        """The step at which the lr schedule ends: --schedule-steps, else --steps."""
+        return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     def validate(self) -> None:
         if self.dataset not in DATASET_NAMES:
@@ -80,3 +110,32 @@ class TrainConfig:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
         if self.decay >= 1:
             raise MarketplaceError(f"--decay must be below 1, got {self.decay}")
+        self._validate_torch_options()
+
+    def _validate_torch_options(self) -> None:
+        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZER_NAMES),
+                                     ("schedule", self.schedule, SCHEDULE_NAMES),
+                                     ("attribution", self.attribution, tuple(ATTRIBUTIONS)),
+                                     ("direction", self.direction, DIRECTIONS)):
+            if value not in choices:
+                raise MarketplaceError(f"unknown --{name} {value!r}; choose from {', '.join(choices)}")
+        if self.algorithm != "v2" and self.torch_options_used():
+            raise MarketplaceError("--optimizer, --schedule and the estimator options apply to --algorithm v2 only")
+        if not (math.isfinite(self.cheap_vendors) and 0 <= self.cheap_vendors <= 10):
+            raise MarketplaceError(f"--cheap-vendors is a FLOP slack in [0, 10] (0.05 = 5%), got {self.cheap_vendors}")
+        if not 0 <= self.momentum < 1:
+            raise MarketplaceError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.min_lr <= 1:
+            raise MarketplaceError(f"--min-lr must be a fraction of --lr in [0, 1], got {self.min_lr}")
+        for name in ("weight_decay",) + (("probe_width",) if self.probe_width is not None else ()) + (
+                ("clip",) if self.clip is not None else ()):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name != "weight_decay" and value == 0):
+                raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if self.warmup < 0 or (self.schedule_steps is not None and self.schedule_steps < 1):
+            raise MarketplaceError("--warmup must be >= 0 and --schedule-steps >= 1")
+        if self.schedule != "constant" and self.horizon() is None:
+            raise MarketplaceError(f"--schedule {self.schedule} needs a horizon: give --steps or --schedule-steps")
+        if self.schedule == "warmup-cosine" and not 0 < self.warmup < self.horizon():
+            raise MarketplaceError(f"--schedule warmup-cosine needs 0 < --warmup < the horizon "
+                                   f"({self.horizon()} steps), got {self.warmup}")

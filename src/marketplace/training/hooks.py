@@ -53,7 +53,7 @@ class ProgressBar(Hook):
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counter]}"),
             TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=self.console, transient=False,
         )
-        market_name = "x".join(map(str, config.vendors))
+        market_name = "x".join(map(str, getattr(market, "vendor_counts", config.vendors)))  # a backprop model has none
         self.task = self.progress.add_task(f"{config.algorithm} {market_name}", total=total,
                                            counter="", metrics="")
         self.progress.start()

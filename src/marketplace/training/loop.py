@@ -22,12 +22,14 @@ from ..market import Market
 from ..errors import MarketplaceError
 from ..models import build_model, canonical_source, is_factory_source
 from ..norms import norm_layer
-from ..optim import OPTIMIZERS, MarketOptimizer
+from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizer, TorchMarketOptimizer
 from ..rng import derive_seeds
 from ..vendors import BATCH_STREAM, Vendors
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .cheap_vendors import market_vendors
 from .config import DEFAULT_LR, TrainConfig
 from .hooks import Hook, StepRate
+from .schedules import Schedule, build_scheduler, build_torch_optimizer
 
 def batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     """The examples of step `step`: drawn with replacement, a pure function of (seed, step)."""
@@ -72,7 +74,7 @@ def build_market(config: TrainConfig, device: torch.device, input_shape: Sequenc
         raise MarketplaceError(f"--vendors has {len(config.vendors)} counts but --model {config.model} has "
                                f"{len(specs)} specs: give one count per spec")
     sampling = list(config.sampling) if config.sampling else 0
-    return Market(specs, list(config.vendors), sampling).to(device)
+    return Market(specs, list(market_vendors(config, specs, input_shape)), sampling).to(device)
 
 
 def model_record(config: TrainConfig, input_shape: Sequence[int], classes: int) -> dict[str, Any]:
@@ -94,7 +96,7 @@ def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) ->
     config = TrainConfig(vendors=tuple(saved.get("vendors", (4, 4, 4))), sampling=saved.get("sampling"),
                          norm=saved.get("norm", "instance"), batch=saved.get("batch", 128),
                          model=record.get("source", saved.get("model", "beautiful-mnist")),
-                         split=tuple(split) if split else None)
+                         split=tuple(split) if split else None, cheap_vendors=saved.get("cheap_vendors", 0.0))
     market = build_market(config, device, tuple(record.get("input_shape", (1, 28, 28))), record.get("classes", 10))
     try:
         market.load_state_dict(ckpt.model)
@@ -104,8 +106,24 @@ def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) ->
     return market
 
 
-def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizer:
+def build_torch_v2(config: TrainConfig, market: Market, lr: float) -> TorchMarketOptimizer:
+    """V2's estimate under the configured torch optimizer and lr schedule."""
+    optimizer = build_torch_optimizer(config.optimizer, market, lr, config.momentum, config.weight_decay,
+                                      config.nesterov)
+    schedule = Schedule(config.schedule, config.horizon(), config.warmup, config.decay, config.min_lr)
+    estimator = ForwardGradient(market, optimizer, probe_scale=config.probe_scale, probe_width=config.probe_width,
+                                seed=config.seed, attribution=config.attribution, direction=config.direction,
+                                per_spec=config.per_spec, antithetic=config.antithetic,
+                                cache_deltas=config.cache_deltas)
+    return TorchMarketOptimizer(estimator, optimizer, build_scheduler(optimizer, schedule), config.clip,
+                                config.on_nonfinite)
+
+
+def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizer | TorchMarketOptimizer:
+    """V1, V2 or AdaptiveV2; v2 with torch options goes through torch.optim (plain V2 is the same as sgd + constant)."""
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.algorithm]
+    if config.algorithm == "v2" and config.torch_options_used():
+        return build_torch_v2(config, market, lr)
     common = dict(decay=config.decay, seed=config.seed, cache_deltas=config.cache_deltas,
                   on_nonfinite=config.on_nonfinite)
     if config.algorithm == "v1":
@@ -166,7 +184,7 @@ class Trainer:
     def load(self, path: str) -> None:
         ckpt = load_checkpoint(path)
         saved = ckpt.meta.get("config", {})
-        for name in ("dataset", "seed", "algorithm", "model", "data"):
+        for name in ("dataset", "seed", "algorithm", "model", "data", "optimizer", "schedule"):
             if name in saved and saved[name] != getattr(self.config, name):
                 raise CheckpointError(f"{path} was trained with {name}={saved[name]!r}, not "
                                       f"{getattr(self.config, name)!r}: resume with the same {name}")
@@ -218,7 +236,7 @@ class Trainer:
         summary = {"test_accuracy": test_acc, "test_loss": test_loss, "steps": opt.steps,
                    "seconds": round(seconds, 3), "skipped_steps": opt.skipped,
                    "dataset": cfg.data or cfg.dataset, "model": cfg.model, "algorithm": cfg.algorithm,
-                   "vendors": list(cfg.vendors), "batch": cfg.batch, "device": str(self.device)}
+                   "vendors": list(self.market.vendor_counts), "batch": cfg.batch, "device": str(self.device)}
         for hook in self.hooks:
             hook.on_end(summary)
         return summary

@@ -1,0 +1,80 @@
+"""The torch optimizer and lr schedule of a V2 run, built from a TrainConfig by name.
+
+Every schedule is a pure function of the step, so the rate of step t is the
+same in a resumed run as in one never interrupted. Schedules that end (all
+but "constant") need a horizon: `--schedule-steps`, else `--steps`; a run
+that goes past it (a `--max-seconds` run on a fast machine) stays at the
+schedule's final value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..market import Market
+
+OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw")
+SCHEDULE_NAMES = ("constant", "cosine", "step", "warmup-cosine")
+
+
+def schedule_factor(name: str, step: int, horizon: int | None, warmup: int = 0, decay: float = 0.0,
+                    floor: float = 0.0) -> float:
+    """lr(step) / lr(0): the named shape times V2's (1 - decay)^step.
+
+    cosine: from 1 down to `floor` at `horizon`; warmup-cosine: linear from
+    1/warmup up to 1 over `warmup` steps, then cosine; step: x0.1 at half
+    and again at three quarters of the horizon; constant: 1.
+    """
+    shape = 1.0
+    if name != "constant":
+        t = min(step, horizon)
+        if name == "step":
+            shape = 0.1 ** ((t >= horizon // 2) + (t >= 3 * horizon // 4))
+        elif name == "warmup-cosine" and t < warmup:
+            shape = (t + 1) / warmup
+        else:
+            start = warmup if name == "warmup-cosine" else 0
+            u = (t - start) / max(horizon - start, 1)
+            shape = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
+    return shape * (1.0 - decay) ** step
+
+
+@dataclass
+class Schedule:
+    """`schedule_factor` as the callable of a LambdaLR (a dataclass, so its state_dict holds the settings)."""
+
+    name: str
+    horizon: int | None
+    warmup: int = 0
+    decay: float = 0.0
+    floor: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        return schedule_factor(self.name, step, self.horizon, self.warmup, self.decay, self.floor)
+
+
+def spec_param_groups(market: Market, lr: float) -> list[dict]:
+    """One param group per spec, so per-spec rates and probe widths stay possible."""
+    return [{"params": list(spec.parameters()), "lr": lr} for spec in market.specs]
+
+
+def build_torch_optimizer(name: str, market: Market, lr: float, momentum: float = 0.9,
+                          weight_decay: float = 0.0, nesterov: bool = False) -> torch.optim.Optimizer:
+    """sgd (V2 itself with lr = V2's lr), momentum (SGD with momentum, optionally Nesterov), adam, adamw."""
+    groups = spec_param_groups(market, lr)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay)
+    if name == "momentum":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
