@@ -70,11 +70,13 @@ def test_centered_ranks_order_ties_and_equal_losses():
     from marketplace.functional import centered_rank_attribution
 
     a = centered_rank_attribution(torch.tensor([0.3, 0.1, 0.9, 0.5, 0.7]))
-    torch.testing.assert_close(a, torch.tensor([0.25, 0.5, -0.5, 0.0, -0.25]))  # lowest loss +0.5
+    evenly = torch.tensor([1.0, 2.0, -2.0, 0.0, -1.0])  # lowest loss highest, evenly spaced, mean 0
+    torch.testing.assert_close(a, evenly / evenly.std(unbiased=False))  # std 1, the scale of the z-scores
     # only the order counts: a monotone transform of the losses changes nothing
     losses = torch.rand(17, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(centered_rank_attribution(losses), centered_rank_attribution(losses.exp() * 5))
     ties = centered_rank_attribution(torch.tensor([1.0, 2.0, 2.0, 3.0]))
-    torch.testing.assert_close(ties, torch.tensor([0.5, 0.0, 0.0, -0.5]))  # tied paths share their rank
+    tied = torch.tensor([1.0, 0.0, 0.0, -1.0])  # tied paths share their rank
+    torch.testing.assert_close(ties, tied / tied.std(unbiased=False))
     assert not centered_rank_attribution(torch.full((6,), 2.0)).any()
     assert not centered_rank_attribution(torch.tensor([1.0])).any()

@@ -61,24 +61,6 @@ def standardized_attribution(losses: torch.Tensor) -> torch.Tensor:
     return (-(losses - losses.mean()) / std).float()
 
 
-def centered_rank_attribution(losses: torch.Tensor) -> torch.Tensor:
-    """A_i = 0.5 - rank_i / (P - 1): +0.5 for the lowest loss, -0.5 for the highest.
-
-    The fitness shaping of OpenAI-ES and PGPE: only the order of the losses
-    counts, so one outlier path cannot dominate the update. Tied losses
-    share their average rank; all-equal losses give zeros, as the z-score does.
-    """
-    p = losses.numel()
-    if p < 2:
-        return torch.zeros_like(losses, dtype=torch.float32)
-    values = losses.double()
-    ordered = values.sort().values
-    below = torch.searchsorted(ordered, values, right=False)  # ties: the average of their ranks
-    through = torch.searchsorted(ordered, values, right=True)
-    rank = (below + through - 1).double() / 2
-    return (0.5 - rank / (p - 1)).float()
-
-
 def vendor_attribution(
     attribution: torch.Tensor, paths: torch.Tensor, counts: Sequence[int]
 ) -> list[torch.Tensor]:
