@@ -145,9 +145,8 @@ def _flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], object]], device: torch.device,
-             warmup: int, repeats: int, variant: str = "", flop: float | None = None) -> Row:
-    """Start-up (construction to the first finished call), FLOPs (unless given), then the timed calls."""
+def _start(make: Callable[[], Callable[[], object]], device: torch.device) -> tuple[Callable[[], object], float]:
+    """Build the function and call it once: (the function, seconds from construction to its first result)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -156,7 +155,13 @@ def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], obj
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    startup = time.perf_counter() - t0
+    return fn, time.perf_counter() - t0
+
+
+def _measure(name: str, m: int, images: int, make: Callable[[], Callable[[], object]], device: torch.device,
+             warmup: int, repeats: int, variant: str = "", flop: float | None = None) -> Row:
+    """Start-up (construction to the first finished call), FLOPs (unless given), then the timed calls."""
+    fn, startup = _start(make, device)
     flop = _flops(fn) if flop is None else flop
     faults: list[int] = []
     times = _timed(fn, device, warmup, repeats, faults)
@@ -174,15 +179,8 @@ def _measure_interleaved(name: str, m: int, images: int, makes: list, variants: 
     """
     fns, startups, peaks = [], [], []
     for make in makes:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        fn = make()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        startups.append(time.perf_counter() - t0)
+        fn, startup = _start(make, device)
+        startups.append(startup)
         peaks.append(torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
         fns.append(fn)
     flop = _flops(fns[0])
