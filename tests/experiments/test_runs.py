@@ -32,14 +32,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return (tmp_path / "mlruns").as_uri()
-
-
 def test_every_experiment_is_tested():
     assert set(CASES) == set(EXPERIMENTS)
 

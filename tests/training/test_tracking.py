@@ -15,15 +15,6 @@ from marketplace.training.tracking import MlflowLogger, default_tracking_uri, fl
 pytestmark = pytest.mark.usefixtures("small_data")
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    """A file store of the test's own; the env var the logger may set is restored afterwards."""
-    pytest.importorskip("mlflow")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    return (tmp_path / "mlruns").as_uri()
-
-
 def tiny(data_dir, **overrides) -> TrainConfig:
     base = dict(vendors=(2,), batch=8, steps=3, log_every=1, eval_every=2, eval_samples=50, device="cpu",
                 data_dir=str(data_dir))
