@@ -16,7 +16,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 from marketplace.diagnostics.grid import default_cells, format_table, plot, run_grid, write_atomic
 from marketplace.machine import machine_summary, resolve_device
