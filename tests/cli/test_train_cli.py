@@ -78,6 +78,20 @@ def test_resume_through_the_cli_continues_the_step_count(monkeypatch, capsys, sm
     assert last_json(out)["steps"] == 2
 
 
+def test_the_stabilised_adaptive_rate_reaches_the_optimizer(monkeypatch, capsys, small_data, tmp_path):
+    from marketplace.training import load_checkpoint
+
+    ckpt = tmp_path / "a.safetensors"
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--algorithm", "adaptive", "--vendors", "2", *TINY,
+                             "--json", "--rate-bounds", "0.5,2", "--rate-smoothing", "0.9", "--checkpoint", ckpt,
+                             "--data-dir", small_data)
+    assert code == 0, err
+    assert last_json(out)["algorithm"] == "adaptive"
+    state = load_checkpoint(ckpt).optimizer
+    assert (state["rate_bounds"], state["rate_smoothing"], state["lr0"]) == ([0.5, 2.0], 0.9, [0.15])
+    assert 0.5 * 0.15 <= state["lr"][0] <= 2 * 0.15
+
+
 # -- user errors: one line, exit 2 ------------------------------------------
 
 
@@ -98,6 +112,15 @@ def test_resume_through_the_cli_continues_the_step_count(monkeypatch, capsys, sm
         pytest.param(["train", "--algorithm", "v1", "--optimizer", "adam", "--steps", "1"], ["v2 only"],
                      id="torch-options-on-v1"),
         pytest.param(["train", "--cheap-vendors", "-1", "--steps", "1"], ["--cheap-vendors"], id="bad-cheap-vendors"),
+        pytest.param(["train", "--algorithm", "adaptive", "--rate-bounds", "a,b", "--steps", "1"], ["--rate-bounds"],
+                     id="rate-bounds-not-numbers"),
+        pytest.param(["train", "--algorithm", "adaptive", "--rate-bounds", "0.5", "--steps", "1"], ["LO,HI"],
+                     id="rate-bounds-one-value"),
+        pytest.param(["train", "--algorithm", "adaptive", "--rate-bounds", "1.5,2", "--steps", "1"], ["LO <= 1"],
+                     id="rate-bounds-exclude-lr"),
+        pytest.param(["train", "--algorithm", "adaptive", "--rate-smoothing", "1", "--steps", "1"],
+                     ["--rate-smoothing"], id="rate-smoothing-one"),
+        pytest.param(["train", "--rate-bounds", "0.5,2", "--steps", "1"], ["adaptive only"], id="rate-bounds-on-v2"),
     ],
 )
 def test_user_errors_print_one_line(monkeypatch, capsys, tmp_path, args, hints):

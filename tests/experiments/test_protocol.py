@@ -21,3 +21,15 @@ def test_a_finished_run_is_read_back_not_run_again(tmp_path, monkeypatch):
     protocol.main(["--variants", "v2", "--seeds", "1", "--out", str(tmp_path)])
     record = json.loads((tmp_path / "protocol_cpu.json").read_text())
     assert record["variants"]["v2"]["runs"][0]["test_accuracy"] == 81.5 and record["machine"]
+
+
+def test_report_only_tabulates_the_finished_runs_and_starts_none(tmp_path, monkeypatch):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "adaptive-s0.json").write_text(json.dumps({"test_accuracy": 84.0, "seed": 0}))
+    monkeypatch.setattr(protocol.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    protocol.main(["--variants", "adaptive,adaptive-stable", "--seeds", "0,1", "--out", str(tmp_path),
+                   "--report-only"])
+    text = (tmp_path / "protocol_cpu.md").read_text()
+    assert "| adaptive | --algorithm adaptive --cheap-vendors 0 | 0 | 84.00 (one seed) |" in text
+    assert "| adaptive-stable |" in text and "none finished" in text
+    assert not (tmp_path / "logs" / "adaptive-s1.json").exists()

@@ -65,16 +65,18 @@ class Snapshots(Hook):
 
 
 @pytest.mark.parametrize(
-    "algorithm, vendors, total, split",
+    "algorithm, vendors, total, split, options",
     [
-        ("v2", (2, 2, 2), 4, 2),
-        ("v1", (2, 2, 2), 4, 2),
-        ("adaptive", (2,), 2, 1),  # two forward passes a step: keep it smaller
+        ("v2", (2, 2, 2), 4, 2, {}),
+        ("v1", (2, 2, 2), 4, 2, {}),
+        ("adaptive", (2,), 2, 1, {}),  # two forward passes a step: keep it smaller
+        ("adaptive", (2,), 3, 1, dict(rate_bounds=(0.95, 1.05), rate_smoothing=0.5)),  # the stabilised rate
     ],
 )
-def test_resume_is_bit_identical_to_an_uninterrupted_run(small_data, tmp_path, algorithm, vendors, total, split):
+def test_resume_is_bit_identical_to_an_uninterrupted_run(small_data, tmp_path, algorithm, vendors, total, split,
+                                                         options):
     """Run A: `total` steps straight. Run B: `split` steps, saved; a new Trainer resumes it to `total`."""
-    run = dict(algorithm=algorithm, vendors=vendors)
+    run = dict(algorithm=algorithm, vendors=vendors, **options)
     a = Trainer(config(small_data, **run, steps=total))
     summary_a = a.run()
     assert summary_a["steps"] == total
@@ -93,7 +95,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(small_data, tmp_path, a
     sa, sb = a.optimizer.state_dict(), b2.optimizer.state_dict()
     assert sa["steps"] == sb["steps"] == total
     assert sa["lr"] == sb["lr"]
-    assert sa.get("meta_lr") == sb.get("meta_lr")
+    for name in ("meta_lr", "rate_bounds", "rate_smoothing", "lr0"):
+        assert sa.get(name) == sb.get(name)
     for x, y in zip(sa["seeds"], sb["seeds"]):
         assert torch.equal(x, y)
     assert summary_a["test_accuracy"] == summary_b["test_accuracy"]

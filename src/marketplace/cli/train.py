@@ -9,7 +9,7 @@ import typer
 
 from ..errors import MarketplaceError
 from . import app
-from .parse import ints
+from .parse import floats, ints
 
 
 @app.command()
@@ -24,6 +24,8 @@ def train(
     probe_scale: float = typer.Option(0.03, help="v2: vendors probe at lr * probe_scale"),
     unit: str = typer.Option("spec", help="v2: unit vector per 'spec' or over the whole 'model'"),
     meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
+    rate_bounds: Optional[str] = typer.Option(None, help="adaptive: LO,HI keeps the rate within [LO, HI] x --lr (e.g. 0.5,2)"),
+    rate_smoothing: float = typer.Option(0.0, help="adaptive: keep an EMA of the chosen rates with this beta (0 = the chosen rate)"),
     cheap_vendors: float = typer.Option(0.05, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much (0.05 = 5%: 4,4,4 trains 4x4x32; 0 = exactly --vendors)"),
     optimizer: str = typer.Option("sgd", help="v2: the torch.optim optimizer on the estimate: sgd (= V2), momentum, adam or adamw"),
     momentum: float = typer.Option(0.9, help="momentum: the momentum factor"),
@@ -70,7 +72,8 @@ def train(
     config = TrainConfig(
         dataset=dataset, algorithm=algorithm, vendors=ints(vendors, "--vendors"),
         sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,
-        probe_scale=probe_scale, per_spec=unit == "spec", meta_lr=meta_lr, steps=steps,
+        probe_scale=probe_scale, per_spec=unit == "spec", meta_lr=meta_lr,
+        rate_bounds=floats(rate_bounds, "--rate-bounds"), rate_smoothing=rate_smoothing, steps=steps,
         max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every, eval_samples=eval_samples,
         checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
         on_nonfinite="raise" if on_nonfinite == "stop" else "skip", cache_deltas=not regenerate_deltas,

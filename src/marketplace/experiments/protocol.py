@@ -30,15 +30,22 @@ VARIANTS: dict[str, list[str]] = {
     "v2": ["--cheap-vendors", "0"],  # V2 as before issue 11: lr 0.15, probe scale 0.03, decay 1e-5, 4x4x4
     # the market --cheap-vendors 0.05 (the default since) makes of 4,4,4: 32 head vendors, 3% more FLOPs
     "v2-4x4x32": ["--vendors", "4,4,32", "--cheap-vendors", "0"],
+    # the adaptive rate (a second market pass per step picks lr * (1 + r), r within +-meta_lr 0.1), as it was
+    "adaptive": ["--algorithm", "adaptive", "--cheap-vendors", "0"],
+    # the same, stabilised: the rate held within 0.5..2 x lr 0.15, the kept rate an EMA (beta 0.9) of the chosen ones
+    "adaptive-stable": ["--algorithm", "adaptive", "--rate-bounds", "0.5,2", "--rate-smoothing", "0.9",
+                        "--cheap-vendors", "0"],
 }
 PROTOCOL = ["--dataset", "mnist", "--vendors", "4,4,4", "--batch", "128", "--eval-every", "100", "--quiet", "--json"]
 
 
-def run_one(name: str, seed: int, steps: int, device: str, out: Path) -> dict | None:
+def run_one(name: str, seed: int, steps: int, device: str, out: Path, train: bool = True) -> dict | None:
     """Train one (variant, seed) unless its result exists; the summary of `marketplace train --json`."""
     result = out / "logs" / f"{name}-s{seed}.json"
     if result.exists():
         return json.loads(result.read_text())
+    if not train:
+        return None
     result.parent.mkdir(parents=True, exist_ok=True)
     log = out / "logs" / f"{name}-s{seed}.jsonl"
     args = [sys.executable, "-m", "marketplace", "train", *PROTOCOL, *VARIANTS[name], "--steps", str(steps),
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one intra-op thread each)")
     parser.add_argument("--out", default="results/protocol")
+    parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, start none")
     args = parser.parse_args(argv)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
@@ -86,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     out = Path(args.out)
     jobs = [(n, s) for s in seeds for n in names]  # seed-major: every variant's seed 0 finishes first
+    train = not args.report_only
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        summaries = list(pool.map(lambda job: run_one(*job, args.steps, args.device, out), jobs))
+        summaries = list(pool.map(lambda job: run_one(*job, args.steps, args.device, out, train), jobs))
     results = {n: [r for (name, _), r in zip(jobs, summaries) if name == n and r] for n in names}
     markdown = table(results, args.steps)
     print(markdown)

@@ -30,6 +30,8 @@ class TrainConfig:
     probe_scale: float = 0.03
     per_spec: bool = True
     meta_lr: float = 0.1
+    rate_bounds: tuple[float, float] | None = None  # adaptive: the rate stays in [lo, hi] x its initial value
+    rate_smoothing: float = 0.0  # adaptive: the kept rate is an EMA of the chosen ones with this beta
     steps: int | None = None
     max_seconds: float | None = None
     seed: int = 0
@@ -110,7 +112,19 @@ class TrainConfig:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
         if self.decay >= 1:
             raise MarketplaceError(f"--decay must be below 1, got {self.decay}")
+        self._validate_adaptive_options()
         self._validate_torch_options()
+
+    def _validate_adaptive_options(self) -> None:
+        if self.algorithm != "adaptive" and (self.rate_bounds is not None or self.rate_smoothing != 0):
+            raise MarketplaceError("--rate-bounds and --rate-smoothing apply to --algorithm adaptive only")
+        if self.rate_bounds is not None:
+            b = self.rate_bounds
+            if len(b) != 2 or not all(math.isfinite(v) for v in b) or not 0 < b[0] <= 1 <= b[1]:
+                raise MarketplaceError(f"--rate-bounds takes LO,HI with 0 < LO <= 1 <= HI (times the initial "
+                                       f"--lr), got {','.join(str(v) for v in b)}")
+        if not (math.isfinite(self.rate_smoothing) and 0 <= self.rate_smoothing < 1):
+            raise MarketplaceError(f"--rate-smoothing must be in [0, 1), got {self.rate_smoothing}")
 
     def _validate_torch_options(self) -> None:
         for name, value, choices in (("optimizer", self.optimizer, OPTIMIZER_NAMES),

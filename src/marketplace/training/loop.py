@@ -130,7 +130,7 @@ def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizer | To
         return OPTIMIZERS["v1"](market, lr, **common)
     extra = dict(probe_scale=config.probe_scale, per_spec=config.per_spec)
     if config.algorithm == "adaptive":
-        extra["meta_lr"] = config.meta_lr
+        extra.update(meta_lr=config.meta_lr, rate_bounds=config.rate_bounds, rate_smoothing=config.rate_smoothing)
     return OPTIMIZERS[config.algorithm](market, lr, **extra, **common)
 
 
