@@ -19,7 +19,10 @@ class ServerConfig:
     plain inference with the base weights and refuses feedback (the
     reference a learning server is compared with). baseline: answer with
     the base weights and learn from each path's loss minus theirs
-    (`ContinualLearner(baseline=True)`). store: the directory of
+    (`ContinualLearner(baseline=True)`). balanced: each served batch gives
+    every vendor an equal share of its requests (each request's path is
+    still uniform), so the grouped forward needs no padding; False draws
+    each request's path independently, as section 7 does. store: the directory of
     the SQLite store and the learner checkpoint. checkpoint_every: updates
     between learner checkpoints (also written on shutdown). max_batch /
     batch_window_ms: the micro-batcher's limits. max_request: inputs in one
@@ -36,6 +39,7 @@ class ServerConfig:
     classes: int | None = None  # widen a checkpoint's head to this many classes (a new class, section 7)
     learning: bool = True
     baseline: bool = False
+    balanced: bool = True
     store: str = "runs/server"
     checkpoint_every: int = 10
     max_batch: int = 512

@@ -69,7 +69,7 @@ class Engine:
         optimizer = V2(market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
                        decay=0.0, seed=config.seed, on_nonfinite="skip")
         self.learner = ContinualLearner(optimizer, records=config.records, path_seed=config.seed,
-                                        baseline=config.baseline)
+                                        baseline=config.baseline, balanced=config.balanced)
         self.lock = threading.RLock()
         self.started = time.time()
         self.applied_seq, self.last_served_id, self.replayed = 0, -1, 0
