@@ -26,7 +26,8 @@ from ..optim import V2
 from ..rng import derive_seeds
 from ..training import Hook, accuracy, save_checkpoint
 from . import dress, nine
-from .learner import ContinualLearner, per_example_cross_entropy
+from .learner import ContinualLearner
+from .losses import per_example_cross_entropy
 from .pretrain import load_market
 from .stream import STREAM_AUGMENT, STREAM_NEW, STREAM_OLD, ContinualData, shift_augment, step_indices
 

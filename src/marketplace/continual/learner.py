@@ -31,48 +31,17 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MarketplaceError
 from ..optim import AdaptiveV2, MarketOptimizer
+from .losses import LossFn, OutlierRule, drop_beyond_std, per_example_cross_entropy, relative_losses
 from .serving import serve
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-OutlierRule = Callable[[torch.Tensor], torch.Tensor]
-
 
 class UnknownRequestError(MarketplaceError):
     """A label arrived for a request id that is not waiting for one."""
-
-
-def per_example_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits [n, C], labels int64 [n] -> cross-entropy of each example, float32 [n]."""
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]):
-        raise MarketplaceError(f"labels must lie in [0, {logits.shape[-1]}), "
-                               f"got {int(labels.min())}..{int(labels.max())}")
-    return F.cross_entropy(logits.float(), labels.to(logits.device), reduction="none")
-
-
-def drop_beyond_std(k: float) -> OutlierRule:
-    """An outlier rule: keep losses within k standard deviations of their mean.
-
-    Returns a function losses [K] -> bool keep mask [K].
-    """
-    if not isinstance(k, (int, float)) or not k > 0:
-        raise ValueError(f"Invalid outlier threshold: {k!r} (must be > 0 standard deviations)")
-
-    def keep(losses: torch.Tensor) -> torch.Tensor:
-        losses = losses.double()
-        std = losses.std(unbiased=False)
-        if not bool(std > 0):
-            return torch.ones_like(losses, dtype=torch.bool)
-        return (losses - losses.mean()).abs() <= k * std
-
-    keep.__name__ = f"drop_beyond_{k:g}_std"
-    return keep
 
 
 @dataclass
@@ -211,7 +180,7 @@ class ContinualLearner:
         made once per set of vendors (once per step) and reused by every
         batch until the next update: the base weights change only there.
         """
-        step, vendors = self.step, self.vendors
+        vendors = self.vendors
         if self._stacked is None or self._stacked[0] is not vendors:  # new vendors: an update or a restore
             self._stacked = (vendors, [self.market.vendor_parameters(k, vendors) for k in range(self.market.depth)])
         out = serve(self.market, vendors, x, generator=self.generator, balanced=self.balanced,
@@ -233,8 +202,7 @@ class ContinualLearner:
 
     def losses(self, logits: torch.Tensor, labels: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         """What a record learns from: the path's loss, minus the base weights' loss when `base` logits are given."""
-        losses = self.loss_fn(logits, labels)
-        return losses if base is None else losses - self.loss_fn(base, labels)
+        return relative_losses(self.loss_fn, logits, labels, base)
 
     def label(self, ids: Sequence[Hashable], labels: torch.Tensor | Sequence[int]) -> int:
         """Labels for requests served earlier, in any order; returns how many were recorded.
