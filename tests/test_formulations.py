@@ -181,3 +181,16 @@ def test_a_spec_without_parameters_runs_grouped_or_goes_to_vmap(monkeypatch):
     monkeypatch.setattr(formulations, "vmap_spec", lambda spec, shared: "vmap")
     assert formulations.spec_function(spec, "wide", shared=True) == "vmap"  # no weights: vmap decides
     assert formulations.spec_function(spec, "wide", shared=False) != "vmap"
+
+
+def test_a_replaced_layer_is_seen_though_the_layer_plan_is_kept():
+    """grouped_spec keeps each spec's layer plan; replacing a module must not run the old one."""
+    torch.manual_seed(0)
+    spec = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    params = {n: p.detach().unsqueeze(0).repeat(2, *[1] * p.dim()) for n, p in spec.named_parameters()}
+    x = torch.randn(5, 4)
+    before = formulations.grouped_spec(spec, params, x, shared=True)
+    assert torch.allclose(before[0], spec(x), atol=1e-6)
+    spec[1] = nn.Tanh()  # same parameters, another layer
+    after = formulations.grouped_spec(spec, params, x, shared=True)
+    assert torch.allclose(after[0], spec(x), atol=1e-6) and not torch.allclose(after, before)
