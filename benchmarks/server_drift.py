@@ -117,7 +117,8 @@ def dress_through_http(checkpoint: str, root: Path, steps: int) -> dict:
     start = {n: v.clone() for n, v in run.market.state_dict().items()}
     k = config.old_per_step + config.new_per_step
     server = ServerProcess(checkpoint, root / "dress", "--classes", 11, "--records", k, "--lr", config.lr,
-                           "--probe-scale", config.probe_scale, "--unit", config.unit, "--seed", config.seed, "--independent",
+                           "--probe-scale", config.probe_scale, "--unit", config.unit, "--seed", config.seed,
+                           "--independent",
                            "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
     with server, Client(server.url, TOKEN) as client:
         for step in range(steps):
@@ -167,7 +168,8 @@ def markdown(r: dict) -> str:
              f"Checkpoint: {r['checkpoint']} (MNIST test accuracy {r['checkpoint_test_accuracy']}). Stream: "
              f"{r['requests']} MNIST training images in batches of {r['batch']}, rotated by "
              f"+{r['drift_deg_per_1000']} degrees per 1,000 requests; the learning servers update every "
-             f"{r['records']} labelled records (lr {r['lr']}, probe scale {r['probe_scale']}, whole-model unit vector).",
+             f"{r['records']} labelled records (lr {r['lr']}, probe scale {r['probe_scale']}, "
+             "whole-model unit vector).",
              "", "Accuracy of the served predictions (%), per window of requests:", "",
              "| requests | angle | learning, --baseline | learning, paths | learning off |",
              "| ---: | ---: | ---: | ---: | ---: |"]

@@ -74,8 +74,8 @@ def _experiment(
         experiment=experiment, checkpoint=checkpoint, steps=steps, old_per_step=old_per_step,
         new_per_step=new_per_step, few_shot=few_shot, vendors=ints(vendors, "--vendors"), lr=lr,
         probe_scale=probe_scale, unit=unit, records=records, outliers=outliers, augment=augment,
-        balanced=balanced, baseline=baseline, eval_every=eval_every, eval_samples=eval_samples, seed=seed, device=device,
-        data_dir=data_dir, log=log, save=save)
+        balanced=balanced, baseline=baseline, eval_every=eval_every, eval_samples=eval_samples, seed=seed,
+        device=device, data_dir=data_dir, log=log, save=save)
     hooks = [] if quiet else [PrintProgress()]
     if log:
         hooks.append(JsonLog(log))
@@ -119,8 +119,8 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         mlflow: bool = typer.Option(True, help="also log to MLflow when `import mlflow` works"),
     ):
         _experiment(experiment, checkpoint, steps, old_per_step, new_per_step, few_shot, vendors, lr, probe_scale,
-                    unit, records, outliers, augment, balanced, baseline, eval_every, eval_samples, seed, device, data_dir,
-                    log, plot, save, json_out, quiet, mlflow)
+                    unit, records, outliers, augment, balanced, baseline, eval_every, eval_samples, seed, device,
+                    data_dir, log, plot, save, json_out, quiet, mlflow)
 
     command.__doc__ = doc
     return command

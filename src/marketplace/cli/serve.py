@@ -49,7 +49,8 @@ def serve(
         torch.set_num_threads(threads)
     secret, made_up = resolve_token(token)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
-                          learning=learning, baseline=baseline, balanced=balanced, store=store, checkpoint_every=checkpoint_every, max_batch=max_batch,
+                          learning=learning, baseline=baseline, balanced=balanced, store=store,
+                          checkpoint_every=checkpoint_every, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, protect_predict=protect_predict, device=device)
     engine = engine_from_checkpoint(checkpoint, config)
