@@ -118,8 +118,7 @@ def dress_through_http(checkpoint: str, root: Path, steps: int) -> dict:
     k = config.old_per_step + config.new_per_step
     server = ServerProcess(checkpoint, root / "dress", "--classes", 11, "--records", k, "--lr", config.lr,
                            "--probe-scale", config.probe_scale, "--unit", config.unit, "--seed", config.seed,
-                           "--independent",
-                           "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
+                           "--independent", "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
     with server, Client(server.url, TOKEN) as client:
         for step in range(steps):
             x, y = run.batch(step)
