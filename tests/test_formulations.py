@@ -1,8 +1,8 @@
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from helpers import path_reference
 from marketplace import Market, MarketError, draw_vendors
 from marketplace import formulations
 from marketplace.models import beautiful_mnist, mlp
@@ -17,16 +17,6 @@ def tiny_cnn(seed=0):
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten()),
         nn.Sequential(nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 5)),
     ]
-
-
-def path_reference(market, vendors, path, x):
-    """One path alone, spec by spec, with plainly built per-vendor weights: no vmap, no stacking."""
-    for k, (spec, j) in enumerate(zip(market.specs, path)):
-        layout = market.layouts[k]
-        delta = vendors.deltas(k, layout.numel, x.device)[j]
-        params = {n: p + d for (n, p), d in zip(sorted(spec.named_parameters()), layout.split(delta).values())}
-        x = functional_call(spec, params, (x,))
-    return x
 
 
 def assert_every_path_matches(market, vendors, x, tol=1e-5):
