@@ -277,7 +277,7 @@ def markdown(report: dict) -> str:
         f"(evaluations not counted), seed {report['seed']}; accuracy of the final "
         f"weights (PGPE: the center) on {report['evaluated_on']}.",
         "" if report["tuning"] else "\nPGPE's settings were tuned on a validation split "
-        "(peer_tuning_cpu.md, peer_tuning2_cpu.md); discussion: docs/alignment.md, 'A peer at equal wall time'.",
+        "(peer_tuning*_cpu.md, rounds 1-4); discussion: docs/alignment.md, 'A peer at equal wall time'.",
         "",
         "| method | settings | steps | accuracy % | curve (s: accuracy on 2,000) |",
         "|---|---|---:|---:|---|",
