@@ -2,12 +2,17 @@
 
     nice -n 5 uv run python benchmarks/server.py            # ~3 minutes on 2 CPU cores
 
-1. Load. Two servers from the same checkpoint run side by side: one learns
-   (random paths, every served request stored for its label), one serves
-   plain inference with the base weights (`--no-learning`). N concurrent
-   clients (1, 8, 32) send predict requests of one raw uint8 image over
-   loopback for a fixed time; the two servers take turns, round by round, so
-   a busy shared machine slows them alike. Requests/s and p50/p99 latency.
+1. Load. Servers from the same checkpoint run side by side: the learning
+   server as `marketplace serve` starts it (random paths, balanced over each
+   micro-batch, every served request stored for its label), the same with
+   `--independent` paths (section 7's draws: the grouped forward pads to
+   the largest vendor group), the same with `--baseline` (one more forward:
+   the base weights answer), and plain inference with the base weights
+   (`--no-learning`). N concurrent clients (1, 8, 32) send predict requests
+   of one raw uint8 image over loopback for a fixed time; the servers take
+   turns, round by round (the order reversed every other round), so a busy
+   machine slows them alike. Requests/s and p50/p99 latency; each learning
+   server's ratio to plain.
 2. Feedback. N clients predict a batch and label it at once: feedback
    records/s and latency.
 3. Faults. 8 clients stream predict + feedback while the server is killed
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -111,15 +117,22 @@ async def load(url: str, clients: int, seconds: float, batch: int = 1, with_feed
     return out
 
 
+ARMS = {"plain": ("--no-learning",), "learning": ("--records", 256),
+        "independent": ("--records", 256, "--independent"), "baseline": ("--records", 256, "--baseline")}
+
+
 def bench_load(checkpoint: Path, root: Path, clients: list[int], seconds: float, rounds: int) -> dict:
-    learning = ServerProcess(checkpoint, root / "learning", "--records", 256, token=TOKEN, log=root / "learning.log")
-    plain = ServerProcess(checkpoint, root / "plain", "--no-learning", token=TOKEN, log=root / "plain.log")
+    servers = {name: ServerProcess(checkpoint, root / name, *args, token=TOKEN, log=root / f"{name}.log")
+               for name, args in ARMS.items()}
+    learning = servers["learning"]
     table: dict = {}
-    with learning, plain:
+    with contextlib.ExitStack() as stack:
+        for server in servers.values():
+            stack.enter_context(server)
         for n in clients:
-            runs = {"learning": [], "plain": []}
+            runs = {name: [] for name in servers}
             for r in range(rounds):
-                order = [("plain", plain), ("learning", learning)]
+                order = list(servers.items())
                 for name, server in order if r % 2 == 0 else order[::-1]:
                     runs[name].append(asyncio.run(load(server.url, n, seconds)))
             table[n] = {name: {"requests_per_s": statistics.median(x["requests_per_s"] for x in rs),
@@ -127,9 +140,11 @@ def bench_load(checkpoint: Path, root: Path, clients: list[int], seconds: float,
                                "p99_ms": statistics.median(x["p99_ms"] for x in rs),
                                "errors": sum(x["errors"] for x in rs), "rounds": rs}
                         for name, rs in runs.items()}
-            table[n]["ratio"] = table[n]["learning"]["requests_per_s"] / table[n]["plain"]["requests_per_s"]
-            print(f"{n:>3} clients: learning {table[n]['learning']['requests_per_s']:.0f} req/s, plain "
-                  f"{table[n]['plain']['requests_per_s']:.0f} req/s, ratio {table[n]['ratio']:.2f}", flush=True)
+            plain = table[n]["plain"]["requests_per_s"]
+            table[n]["ratios"] = {name: table[n][name]["requests_per_s"] / plain for name in servers if name != "plain"}
+            print(f"{n:>3} clients: plain {plain:.0f} req/s; " + ", ".join(
+                f"{name} {table[n][name]['requests_per_s']:.0f} req/s ({ratio:.2f}x)"
+                for name, ratio in table[n]["ratios"].items()), flush=True)
         feedback = {n: asyncio.run(load(learning.url, n, seconds, batch=8, with_feedback=True)) for n in (1, 8)}
         for n, f in feedback.items():
             print(f"feedback, {n} clients: {f['feedback_records_per_s']:.0f} records/s, "
@@ -198,17 +213,22 @@ async def faults(checkpoint: Path, root: Path, kills: int, period: float, client
 
 def markdown(result: dict) -> str:
     lines = ["# The learning server under load and under SIGKILL", "",
-             f"Machine: {result['machine']}. **Shared** with other engineers' jobs (load average "
-             f"{result['load_average']}), so absolute numbers are noisy; the learning and plain servers ran "
-             "side by side, round by round, so their ratio is the figure to read.",
+             f"Machine: {result['machine']} (load average {result['load_average']} at the end; the load "
+             "generator shares the cores, and other jobs may run beside it), so absolute numbers are noisy; "
+             "the servers ran side by side, round by round, so their ratios are the figures to read.",
              f"Market {result['market']} (beautiful-MNIST CNN), one raw uint8 image per predict request, "
-             f"{result['seconds']} s per setting, median of {result['rounds']} rounds, server with 1 torch thread.", "",
-             "| clients | learning req/s | plain req/s | ratio | learning p50 / p99 ms | plain p50 / p99 ms |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"{result['seconds']} s per setting, median of {result['rounds']} rounds, servers with 1 torch thread. "
+             "learning: `marketplace serve` as it starts (balanced paths); independent: `--independent`; "
+             "baseline: `--baseline`; plain: `--no-learning`.", "",
+             "| clients | plain req/s | learning req/s (ratio) | independent req/s (ratio) | baseline req/s (ratio) "
+             "| p50 / p99 ms: plain | learning |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for n, row in result["load"]["predict"].items():
-        le, pl = row["learning"], row["plain"]
-        lines.append(f"| {n} | {le['requests_per_s']:.0f} | {pl['requests_per_s']:.0f} | {row['ratio']:.2f} | "
-                     f"{le['p50_ms']:.1f} / {le['p99_ms']:.1f} | {pl['p50_ms']:.1f} / {pl['p99_ms']:.1f} |")
+        pl, le = row["plain"], row["learning"]
+        arms = " | ".join(f"{row[k]['requests_per_s']:.0f} ({row['ratios'][k]:.2f}x)"
+                          for k in ("learning", "independent", "baseline"))
+        lines.append(f"| {n} | {pl['requests_per_s']:.0f} | {arms} | {pl['p50_ms']:.1f} / {pl['p99_ms']:.1f} | "
+                     f"{le['p50_ms']:.1f} / {le['p99_ms']:.1f} |")
     lines += ["", "Feedback (each client predicts 8 images, then labels them):", "",
               "| clients | feedback records/s | feedback p50 / p99 ms |", "| ---: | ---: | ---: |"]
     for n, f in result["load"]["feedback"].items():
@@ -244,7 +264,7 @@ def main() -> None:
     import os
 
     result = {"machine": machine_summary(), "load_average": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
-              "shared_machine": True, "market": "x".join(map(str, vendors)), "seconds": args.seconds,
+              "market": "x".join(map(str, vendors)), "seconds": args.seconds,
               "rounds": args.rounds, "python": sys.version.split()[0], "load": load_result, "faults": fault_result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -4,13 +4,17 @@
 
 1. Drift. MNIST training images in a fixed random order, each rotated by an
    angle that grows by `--drift` degrees per 1,000 requests (0 at the start).
-   A client replays the stream in batches against two servers started from
-   the same checkpoint: one learns from feedback (each batch is labelled
-   right after its predictions), the other serves plain inference with the
-   base weights. Accuracy of the served predictions, window by window, is
-   the accuracy on the current distribution (each request is predicted
-   before its label is known). At the end both are tested on held-out test
-   images at the final angle and upright.
+   A client replays the stream in batches against three servers started
+   from the same checkpoint: two learn from feedback (each batch is
+   labelled right after its predictions), one as section 7 describes
+   (answers and records from the random paths), one with `--baseline`
+   (answers from the base weights, records = path loss minus base loss),
+   both with the same lr, probe width and K; the third serves plain
+   inference with the base weights (learning off). Accuracy of the served
+   predictions, window by window, is the accuracy on the current
+   distribution (each request is predicted before its label is known). At
+   the end all are tested on held-out test images at the final angle and
+   upright.
 2. Dress through HTTP. The first steps of `marketplace continual dress`
    (ALGORITHM.md section 7: 240 digits + 16 dresses per step, class 10 new,
    K = 256, lr 1e-2, whole-model unit vector) are sent to a server as
@@ -23,6 +27,7 @@ Writes results/server/drift_cpu.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -63,37 +68,44 @@ def drift(checkpoint: str, root: Path, args) -> dict:
     test_x, test_y = data.load_split("mnist", "test")
     test_x, test_y = test_x[: args.test], test_y[: args.test]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.requests]
-    on = ServerProcess(checkpoint, root / "on", "--records", args.records, "--lr", args.lr, "--probe-scale",
-                       args.probe_scale, "--checkpoint-every", 50, token=TOKEN, log=root / "on.log")
-    off = ServerProcess(checkpoint, root / "off", "--no-learning", token=TOKEN, log=root / "off.log")
-    windows, hits = [], {"on": 0, "off": 0}
+    learn = ("--records", args.records, "--lr", args.lr, "--probe-scale", args.probe_scale, "--checkpoint-every", 50)
+    servers = {"baseline": ServerProcess(checkpoint, root / "baseline", *learn, "--baseline", token=TOKEN,
+                                         log=root / "baseline.log"),
+               "paths": ServerProcess(checkpoint, root / "paths", *learn, token=TOKEN, log=root / "paths.log"),
+               "off": ServerProcess(checkpoint, root / "off", "--no-learning", token=TOKEN, log=root / "off.log")}
+    windows, hits = [], dict.fromkeys(servers, 0)
     start = time.perf_counter()
-    with on, off, Client(on.url, TOKEN) as learning, Client(off.url, TOKEN) as plain:
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for name, server in servers.items():
+            stack.enter_context(server)
+            clients[name] = stack.enter_context(Client(server.url, TOKEN))
         for first in range(0, args.requests, args.batch):
             idx = order[first:first + args.batch]
             angles = args.drift * (first + torch.arange(len(idx), dtype=torch.float32)) / 1000
             x, y = rotate(images[idx], angles), labels[idx]
-            served = learning.predict(x)
-            hits["on"] += int((served.classes == y).sum())
-            hits["off"] += int((plain.predict(x).classes == y).sum())
-            learning.feedback(served.ids, y)
+            for name, client in clients.items():
+                served = client.predict(x)
+                hits[name] += int((served.classes == y).sum())
+                if name != "off":
+                    client.feedback(served.ids, y)
             done = first + len(idx)
             if done % args.window < args.batch or done == args.requests:
                 n = done - sum(w["requests"] for w in windows)
                 windows.append({"end": done, "requests": n, "angle": float(angles[-1]),
-                                "on": 100.0 * hits["on"] / n, "off": 100.0 * hits["off"] / n})
-                hits = {"on": 0, "off": 0}
-                print(f"{done:>6} requests, angle {float(angles[-1]):5.1f} deg: learning on "
-                      f"{windows[-1]['on']:.1f}%, off {windows[-1]['off']:.1f}%", flush=True)
+                                **{k: 100.0 * v / n for k, v in hits.items()}})
+                hits = dict.fromkeys(servers, 0)
+                print(f"{done:>6} requests, angle {float(angles[-1]):5.1f} deg: "
+                      + ", ".join(f"{k} {windows[-1][k]:.1f}%" for k in servers), flush=True)
         final = float(args.drift * args.requests / 1000)
         tests = {}
         for name, angle in (("final_angle", final), ("upright", 0.0)):
             x = rotate(test_x, torch.full((len(test_x),), angle))
-            tests[name] = {"angle": angle, "on": accuracy_of(learning, x, test_y), "off": accuracy_of(plain, x, test_y)}
-        status = learning.status()
+            tests[name] = {"angle": angle, **{k: accuracy_of(c, x, test_y) for k, c in clients.items()}}
+        status = {k: clients[k].status() for k in ("baseline", "paths")}
     half = windows[len(windows) // 2:]
-    return {"windows": windows, "test": tests, "learner": status, "seconds": round(time.perf_counter() - start, 1),
-            "second_half_mean": {k: sum(w[k] for w in half) / len(half) for k in ("on", "off")}}
+    return {"windows": windows, "test": tests, "learners": status, "seconds": round(time.perf_counter() - start, 1),
+            "second_half_mean": {k: sum(w[k] for w in half) / len(half) for k in servers}}
 
 
 def dress_through_http(checkpoint: str, root: Path, steps: int) -> dict:
@@ -106,7 +118,7 @@ def dress_through_http(checkpoint: str, root: Path, steps: int) -> dict:
     k = config.old_per_step + config.new_per_step
     server = ServerProcess(checkpoint, root / "dress", "--classes", 11, "--records", k, "--lr", config.lr,
                            "--probe-scale", config.probe_scale, "--unit", config.unit, "--seed", config.seed,
-                           "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
+                           "--independent", "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
     with server, Client(server.url, TOKEN) as client:
         for step in range(steps):
             x, y = run.batch(step)
@@ -132,7 +144,8 @@ def plot(result: dict, out: Path) -> None:
     w = result["drift"]["windows"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     xs = [v["end"] for v in w]
-    ax.plot(xs, [v["on"] for v in w], marker="o", markersize=3, label="learning on (feedback after each batch)")
+    ax.plot(xs, [v["baseline"] for v in w], marker="o", markersize=3, label="learning, --baseline")
+    ax.plot(xs, [v["paths"] for v in w], marker="o", markersize=3, label="learning, answers and records from paths")
     ax.plot(xs, [v["off"] for v in w], marker="o", markersize=3, label="learning off (base weights)")
     ax.set_xlabel("requests served")
     ax.set_ylabel(f"accuracy of served predictions per {result['window']} requests (%)")
@@ -149,22 +162,29 @@ def plot(result: dict, out: Path) -> None:
 def markdown(r: dict) -> str:
     d = r["drift"]
     lines = ["# A drifting stream through the learning server", "",
-             f"Machine: {r['machine']}; **shared** with other jobs (load average {r['load_average']}); "
+             f"Machine: {r['machine']} (load average {r['load_average']}, other jobs running beside it); "
              "the figures below count requests, not seconds, so the load does not change them.",
              f"Checkpoint: {r['checkpoint']} (MNIST test accuracy {r['checkpoint_test_accuracy']}). Stream: "
              f"{r['requests']} MNIST training images in batches of {r['batch']}, rotated by "
-             f"+{r['drift_deg_per_1000']} degrees per 1,000 requests; the learning server updates every "
-             f"{r['records']} labelled records (lr {r['lr']}, probe scale {r['probe_scale']}, whole-model unit vector).",
-             "", "| requests | angle | learning on | learning off |", "| ---: | ---: | ---: | ---: |"]
-    lines += [f"| {w['end']} | {w['angle']:.1f} | {w['on']:.1f} | {w['off']:.1f} |" for w in d["windows"]]
-    t = d["test"]
-    lines += ["", f"Second half of the stream, mean window accuracy: learning on {d['second_half_mean']['on']:.1f}%, "
-              f"off {d['second_half_mean']['off']:.1f}%.",
-              f"Held-out test images ({r['test']}) at the final angle ({t['final_angle']['angle']:.0f} degrees): on "
-              f"{t['final_angle']['on']:.1f}%, off {t['final_angle']['off']:.1f}%; upright: on "
-              f"{t['upright']['on']:.1f}%, off {t['upright']['off']:.1f}%.",
-              f"Learner at the end: step {d['learner']['step']}, {d['learner']['recorded']} records learned from, "
-              f"{d['learner']['stale']} stale. Plot: [drift_cpu.png](drift_cpu.png).", ""]
+             f"+{r['drift_deg_per_1000']} degrees per 1,000 requests; the learning servers update every "
+             f"{r['records']} labelled records (lr {r['lr']}, probe scale {r['probe_scale']}, "
+             "whole-model unit vector).",
+             "", "Accuracy of the served predictions (%), per window of requests:", "",
+             "| requests | angle | learning, --baseline | learning, paths | learning off |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {w['end']} | {w['angle']:.1f} | {w['baseline']:.1f} | {w['paths']:.1f} | {w['off']:.1f} |"
+              for w in d["windows"]]
+    t, m = d["test"], d["second_half_mean"]
+
+    def three(v):
+        return f"--baseline {v['baseline']:.1f}%, paths {v['paths']:.1f}%, off {v['off']:.1f}%"
+
+    lines += ["", f"Second half of the stream, mean window accuracy: {three(m)}.",
+              f"Held-out test images ({r['test']}) at the final angle ({t['final_angle']['angle']:.0f} degrees): "
+              f"{three(t['final_angle'])}; upright: {three(t['upright'])}.",
+              "Learners at the end: " + "; ".join(f"{k}: step {v['step']}, {v['recorded']} records learned from, "
+                                                  f"{v['stale']} stale" for k, v in d["learners"].items())
+              + ". Plot: [drift_cpu.png](drift_cpu.png).", ""]
     if "dress" in r:
         s = r["dress"]
         lines += ["## The dress experiment through HTTP", "",
@@ -178,13 +198,13 @@ def markdown(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a trained `marketplace train` MNIST checkpoint")
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--drift", type=float, default=4.0, help="degrees of rotation per 1,000 requests")
+    parser.add_argument("--requests", type=int, default=60_000)
+    parser.add_argument("--drift", type=float, default=0.75, help="degrees of rotation per 1,000 requests")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--records", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.03)
-    parser.add_argument("--probe-scale", type=float, default=1.0)
-    parser.add_argument("--window", type=int, default=1000)
+    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--probe-scale", type=float, default=0.3)
+    parser.add_argument("--window", type=int, default=5000)
     parser.add_argument("--test", type=int, default=1000, help="held-out test images at the end")
     parser.add_argument("--dress-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ import json
 import sys
 
 import torch
+from torch.func import functional_call
 
 from marketplace.cli import main
 from marketplace.server.process import ServerProcess  # noqa: F401  (re-exported for the server tests)
@@ -65,3 +66,19 @@ def tiny_checkpoint(path, vendors=(2, 2, 2), seed=0):
     save_checkpoint(path, market.state_dict(), build_optimizer(config, market).state_dict(),
                     {"config": dataclasses.asdict(config)})
     return path
+
+
+def path_reference(market, vendors, path, x):
+    """One path alone, spec by spec, with plainly built per-vendor weights: no vmap, no stacking.
+
+    The reference every batched route is tested against. A parameter-free spec runs as it is.
+    """
+    for k, (spec, j) in enumerate(zip(market.specs, path)):
+        layout = market.layouts[k]
+        if not layout.numel:
+            x = spec(x)
+            continue
+        delta = vendors.deltas(k, layout.numel, x.device)[j]
+        params = {n: p + d for (n, p), d in zip(sorted(spec.named_parameters()), layout.split(delta).values())}
+        x = functional_call(spec, params, (x,))
+    return x

@@ -1,8 +1,8 @@
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from helpers import path_reference
 from marketplace import Market, MarketError, draw_vendors
 from marketplace import formulations
 from marketplace.models import beautiful_mnist, mlp
@@ -17,16 +17,6 @@ def tiny_cnn(seed=0):
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten()),
         nn.Sequential(nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 5)),
     ]
-
-
-def path_reference(market, vendors, path, x):
-    """One path alone, spec by spec, with plainly built per-vendor weights: no vmap, no stacking."""
-    for k, (spec, j) in enumerate(zip(market.specs, path)):
-        layout = market.layouts[k]
-        delta = vendors.deltas(k, layout.numel, x.device)[j]
-        params = {n: p + d for (n, p), d in zip(sorted(spec.named_parameters()), layout.split(delta).values())}
-        x = functional_call(spec, params, (x,))
-    return x
 
 
 def assert_every_path_matches(market, vendors, x, tol=1e-5):
@@ -181,3 +171,16 @@ def test_a_spec_without_parameters_runs_grouped_or_goes_to_vmap(monkeypatch):
     monkeypatch.setattr(formulations, "vmap_spec", lambda spec, shared: "vmap")
     assert formulations.spec_function(spec, "wide", shared=True) == "vmap"  # no weights: vmap decides
     assert formulations.spec_function(spec, "wide", shared=False) != "vmap"
+
+
+def test_a_replaced_layer_is_seen_though_the_layer_plan_is_kept():
+    """grouped_spec keeps each spec's layer plan; replacing a module must not run the old one."""
+    torch.manual_seed(0)
+    spec = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    params = {n: p.detach().unsqueeze(0).repeat(2, *[1] * p.dim()) for n, p in spec.named_parameters()}
+    x = torch.randn(5, 4)
+    before = formulations.grouped_spec(spec, params, x, shared=True)
+    assert torch.allclose(before[0], spec(x), atol=1e-6)
+    spec[1] = nn.Tanh()  # same parameters, another layer
+    after = formulations.grouped_spec(spec, params, x, shared=True)
+    assert torch.allclose(after[0], spec(x), atol=1e-6) and not torch.allclose(after, before)

@@ -3,8 +3,8 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from helpers import path_reference
 from marketplace import Market, MarketError, draw_vendors
 from marketplace.models import beautiful_mnist, mlp
 
@@ -16,17 +16,6 @@ def tiny_cnn():
         nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()),
         nn.Sequential(nn.Linear(16, 5)),
     ]
-
-
-def path_reference(market, vendors, path, x):
-    """One path, one spec at a time, with plainly built per-vendor weights: no vmap, no stacking."""
-    for k, (spec, j) in enumerate(zip(market.specs, path)):
-        layout = market.layouts[k]
-        delta = vendors.deltas(k, layout.numel, x.device)[j]
-        params = {n: p + d for (n, p), d in zip(
-            sorted(spec.named_parameters()), layout.split(delta).values())}
-        x = functional_call(spec, params, (x,))
-    return x
 
 
 @pytest.mark.parametrize("sampling", [[0, 0, 0], [0, 2, 3], [0, 3, 0], [0, 0, 5]])

@@ -4,22 +4,9 @@ layers, parameter-free specs, buffers and tied weights."""
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
+from helpers import path_reference
 from marketplace import V1, V2, AdaptiveV2, Market, MarketError, draw_vendors, path_losses
-
-
-def path_reference(market, vendors, path, x):
-    """One path, one spec at a time, with plainly built per-vendor weights: no vmap, no stacking."""
-    for k, (spec, j) in enumerate(zip(market.specs, path)):
-        layout = market.layouts[k]
-        if not layout.numel:
-            x = spec(x)
-            continue
-        delta = vendors.deltas(k, layout.numel, x.device)[j]
-        params = {n: p + d for (n, p), d in zip(sorted(spec.named_parameters()), layout.split(delta).values())}
-        x = functional_call(spec, params, (x,))
-    return x
 
 
 class SelfAttention(nn.Module):

@@ -157,10 +157,18 @@ class PrivateClient(Client):
         self.downloads += 1
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
-        """Each example along one random path of the current step: (step, paths [B, N], losses [B])."""
+        """Each example along one random path of the current step: (step, paths [B, N], losses [B]).
+
+        For a server with a baseline, each loss is relative to the base weights' loss on the same example.
+        """
         info = self.refresh()
-        out = serve(self.local, self.vendors, torch.as_tensor(x, dtype=torch.float32), generator=self.generator)
-        return info["step"], out.paths, per_example_cross_entropy(out.logits, torch.as_tensor(y))
+        x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y)
+        out = serve(self.local, self.vendors, x, generator=self.generator)
+        losses = per_example_cross_entropy(out.logits, y)
+        if info.get("baseline"):
+            with torch.no_grad():
+                losses = losses - per_example_cross_entropy(self.local(x), y)
+        return info["step"], out.paths, losses
 
     def learn(self, x: torch.Tensor, y: torch.Tensor, retries: int = 2) -> dict[str, Any]:
         """Compute the losses of (x, y) here and report them; recomputed when the step moved on meanwhile."""

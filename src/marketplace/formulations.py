@@ -22,6 +22,7 @@ grouped layers for random-path inference.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -55,6 +56,26 @@ def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     if isinstance(module, nn.Sequential):
         return [leaf for name, child in module.named_children() for leaf in _leaves(child, f"{prefix}{name}.")]
     return [(prefix, module)]
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan(spec: nn.Module) -> list[tuple[nn.Module, dict[str, str]]]:
+    """The spec's layers, each with {its parameter name: the spec's name for it} (tied weights: the first).
+
+    Walking the parameters costs more than a small layer does, and a server
+    runs a spec many times a second, so the plan is kept per spec, rebuilt
+    when its modules change (a replaced head, a widened layer).
+    """
+    key = tuple(map(id, spec.modules()))
+    cached = _PLANS.get(spec)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    names = {id(p): n for n, p in spec.named_parameters()}
+    plan = [(mod, {n: names[id(p)] for n, p in mod.named_parameters(recurse=False)}) for _, mod in _leaves(spec)]
+    _PLANS[spec] = (key, plan)
+    return plan
 
 
 def _supported(module: nn.Module) -> bool:
@@ -143,27 +164,26 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
         m = inp.shape[0]
     else:  # no weights to say how many vendors read the input
         raise Unsupported("a spec without parameters")
-    layers = _leaves(spec)
-    names = {id(p): n for n, p in spec.named_parameters()}  # tied weights: one name, the first
-    own = lambda prefix, mod: {n: params[names[id(p)]] for n, p in mod.named_parameters(recurse=False)}
+    layers = _plan(spec)
+    own = lambda names: {n: params[full] for n, full in names.items()}
     start, owned = 0, False
     if shared:
         h = None
         if wide:  # elementwise layers and flattening before the first weighted one commute with the copy
-            while start < len(layers) and isinstance(layers[start][1], (*_ELEMENTWISE, nn.Flatten)):
-                inp = layers[start][1](inp)
+            while start < len(layers) and isinstance(layers[start][0], (*_ELEMENTWISE, nn.Flatten)):
+                inp = layers[start][0](inp)
                 start += 1
             if start < len(layers):
-                prefix, mod = layers[start]
-                h = wide_layer(mod, own(prefix, mod), inp, channels_last)
+                mod, names = layers[start]
+                h = wide_layer(mod, own(names), inp, channels_last)
                 start += h is not None
                 owned = h is not None
         if h is None:
             h = inp.unsqueeze(1).expand(inp.shape[0], m, *inp.shape[1:])
     else:
         h = inp.transpose(0, 1)  # [N, M, ...]
-    for prefix, mod in layers[start:]:
-        h = grouped_layer(mod, own(prefix, mod), h, channels_last, owned)
+    for mod, names in layers[start:]:
+        h = grouped_layer(mod, own(names), h, channels_last, owned)
         owned = owned or not isinstance(mod, (nn.Flatten, nn.Identity))  # a fresh tensor: a ReLU may reuse it
     return h.transpose(0, 1)
 

@@ -51,9 +51,9 @@ def test_cli_dress_and_nine_run_log_and_plot(monkeypatch, capsys, small_data, tm
     assert last_json(out)["exclude"] == [9]
     run = ["--steps", "2", "--old-per-step", "12", "--new-per-step", "4", "--eval-every", "1",
            "--eval-samples", "50", "--device", "cpu", "--data-dir", small_data, "--json"]
-    for name, ckpt in (("dress", digits), ("nine", no9)):
+    for name, ckpt, extra in (("dress", digits, []), ("nine", no9, ["--baseline"])):
         log, png = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.png"
-        code, out, err = run_cli(monkeypatch, capsys, "continual", name, "--checkpoint", ckpt, *run,
+        code, out, err = run_cli(monkeypatch, capsys, "continual", name, "--checkpoint", ckpt, *run, *extra,
                                  "--log", log, "--plot", png)
         assert code == 0, err
         summary = last_json(out)

@@ -188,3 +188,32 @@ def test_a_new_class_is_learned_from_served_requests():
 
 
 # -- the published experiments, in a tiny form --------------------------------
+
+
+def test_a_baseline_answers_with_the_base_weights_and_learns_from_loss_differences():
+    learner, twin = make_learner(records=8, baseline=True), make_learner(records=8)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with torch.no_grad():
+        base = learner.market(x)
+    response = learner.serve(x, labels=y)
+    assert torch.equal(response.logits, base)  # the answer pays nothing for the perturbations
+    reference = serve(twin.market, twin.vendors, x, paths=response.paths).logits
+    assert torch.allclose(response.path_logits, reference, atol=1e-6)
+    twin.record(per_example_cross_entropy(reference, y) - per_example_cross_entropy(base, y), response.paths, 0)
+    assert learner.step == twin.step == 1
+    assert torch.allclose(weights(learner), weights(twin), rtol=0, atol=1e-6)
+
+
+def test_a_baseline_survives_delayed_labels_and_a_saved_state():
+    now, later = make_learner(baseline=True), make_learner(baseline=True)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    now.serve(x, labels=y)
+    waiting = later.serve(x)
+    restored = make_learner(baseline=True)
+    restored.load_state_dict(later.state_dict())
+    for learner in (later, restored):
+        learner.label(waiting.ids[::-1], y.flip(0))
+        assert learner.step == 1
+        assert torch.allclose(weights(learner), weights(now), rtol=0, atol=1e-6)
+    with pytest.raises(MarketplaceError, match="baseline"):
+        make_learner().load_state_dict(later.state_dict())

@@ -38,3 +38,17 @@ def test_shutdown_checkpoints_the_learner(tmp_path):
         assert client.post("/v1/feedback", json=[{"id": i, "label": i % 3} for i in ids],
                            headers={"X-Token": "t"}).json()["updates"] == 1
     assert (tmp_path / "store" / "learner.safetensors").exists()
+
+
+def test_a_private_client_reports_differences_to_a_server_with_a_baseline(tmp_path):
+    from marketplace.client import PrivateClient
+    from marketplace.continual import per_example_cross_entropy, serve
+
+    with TestClient(app(tmp_path, baseline=True), headers={"X-Token": "t"}) as http:
+        private = PrivateClient(http=http, specs=mlp([6, 5, 3]))
+        x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
+        step, paths, losses = private.losses(x, y)
+        assert private.info["baseline"] is True
+        own = per_example_cross_entropy(serve(private.local, private.vendors, x, paths=paths).logits, y)
+        torch.testing.assert_close(losses, own - per_example_cross_entropy(private.local(x).detach(), y))
+        assert private.report([step] * 4, paths, losses)["updates"] == 1

@@ -36,10 +36,11 @@ def stream(e, steps, seed=0):
         e.feedback(out.ids[::-1], y.flip(0).tolist())
 
 
-def test_feedback_updates_exactly_as_the_in_process_learner(tmp_path):
-    e = engine(tmp_path)
+@pytest.mark.parametrize("balanced", [True, False])
+def test_feedback_updates_exactly_as_the_in_process_learner(tmp_path, balanced):
+    e = engine(tmp_path, balanced=balanced)
     twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1), records=4,
-                            path_seed=1)
+                            path_seed=1, balanced=balanced)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
         x, y = torch.randn(2, 6, generator=g), torch.randint(0, 3, (2,), generator=g)
@@ -119,3 +120,25 @@ def test_learning_off_serves_the_base_weights_and_takes_no_feedback(tmp_path):
     assert out.ids is None and torch.equal(out.logits, e.market(x)) and not (tmp_path / "off").exists()
     with pytest.raises(RequestError, match="learning is off"):
         e.feedback([0], [0])
+
+
+def test_a_baseline_server_answers_with_the_base_weights_and_learns_like_the_in_process_learner(tmp_path):
+    e = engine(tmp_path, baseline=True)
+    twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1), records=4,
+                            path_seed=1, baseline=True, balanced=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        x, y = torch.randn(2, 6, generator=g), torch.randint(0, 3, (2,), generator=g)
+        with torch.no_grad():
+            base = e.market(x)
+        out = e.predict(x)
+        assert torch.equal(out.logits, base)
+        e.feedback(out.ids[::-1], y.flip(0).tolist())
+        twin.serve(x, labels=y)
+    assert e.step == twin.step == 2
+    assert torch.allclose(weights(e.market), weights(twin.market), rtol=0, atol=1e-6)
+    before = weights(e.market).clone()
+    del e  # a crash: replay recomputes nothing, it reads the stored differences
+    assert torch.equal(weights(engine(tmp_path, baseline=True).market), before)
+    with pytest.raises(MarketplaceError, match="baseline"):
+        engine(tmp_path)  # its records are differences: a server without the baseline may not take the store

@@ -35,3 +35,19 @@ def test_records_come_back_in_the_order_they_were_acknowledged_and_feedback_is_u
     except Exception as e:  # sqlite3.IntegrityError: the UNIQUE column refuses it
         assert "UNIQUE" in str(e)
     assert store.counts()["feedback"] == 2  # the refused transaction left nothing behind
+
+
+def test_base_logits_are_kept_and_a_store_without_their_column_gains_it(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "old.sqlite3")  # the served table as version 0.2.0 wrote it
+    old.execute("CREATE TABLE served (id INTEGER PRIMARY KEY, step INTEGER NOT NULL, path BLOB NOT NULL, "
+                "logits BLOB NOT NULL)")
+    old.execute("INSERT INTO served VALUES (0, 0, ?, ?)", (bytes(8), torch.zeros(3).numpy().tobytes()))
+    old.commit()
+    old.close()
+    store = Store(tmp_path / "old.sqlite3")
+    paths, logits, base = torch.tensor([[1, 0]]), torch.randn(1, 3), torch.randn(1, 3)
+    assert store.add_served(1, paths, logits, base) == [1]
+    rows = store.served([0, 1])
+    assert rows[0].base is None and torch.equal(rows[1].base, base[0]) and torch.equal(rows[1].logits, logits[0])

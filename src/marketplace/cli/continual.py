@@ -62,7 +62,7 @@ def pretrain(
 def _experiment(
     experiment: str, checkpoint: str, steps: int, old_per_step: int, new_per_step: int, few_shot: bool,
     vendors: str, lr: float, probe_scale: float, unit: str, records: Optional[int], outliers: Optional[float],
-    augment: bool, balanced: bool, eval_every: int, eval_samples: int, seed: int, device: str,
+    augment: bool, balanced: bool, baseline: bool, eval_every: int, eval_samples: int, seed: int, device: str,
     data_dir: Optional[str], log: Optional[str], plot: Optional[str], save: Optional[str], json_out: bool,
     quiet: bool, mlflow: bool,
 ) -> None:
@@ -74,8 +74,8 @@ def _experiment(
         experiment=experiment, checkpoint=checkpoint, steps=steps, old_per_step=old_per_step,
         new_per_step=new_per_step, few_shot=few_shot, vendors=ints(vendors, "--vendors"), lr=lr,
         probe_scale=probe_scale, unit=unit, records=records, outliers=outliers, augment=augment,
-        balanced=balanced, eval_every=eval_every, eval_samples=eval_samples, seed=seed, device=device,
-        data_dir=data_dir, log=log, save=save)
+        balanced=balanced, baseline=baseline, eval_every=eval_every, eval_samples=eval_samples, seed=seed,
+        device=device, data_dir=data_dir, log=log, save=save)
     hooks = [] if quiet else [PrintProgress()]
     if log:
         hooks.append(JsonLog(log))
@@ -105,6 +105,7 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         outliers: Optional[float] = typer.Option(None, help="drop losses beyond this many standard deviations"),
         augment: bool = typer.Option(False, help="shift old images by up to 2 pixels"),
         balanced: bool = typer.Option(False, help="spread vendors evenly over each batch's requests"),
+        baseline: bool = typer.Option(False, help="learn from each path's loss minus the base weights' loss"),
         eval_every: int = typer.Option(100, help="steps between validations"),
         eval_samples: int = typer.Option(2000, help="old-class validation images in the log (the summary uses all)"),
         seed: int = typer.Option(0),
@@ -118,8 +119,8 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         mlflow: bool = typer.Option(True, help="also log to MLflow when `import mlflow` works"),
     ):
         _experiment(experiment, checkpoint, steps, old_per_step, new_per_step, few_shot, vendors, lr, probe_scale,
-                    unit, records, outliers, augment, balanced, eval_every, eval_samples, seed, device, data_dir,
-                    log, plot, save, json_out, quiet, mlflow)
+                    unit, records, outliers, augment, balanced, baseline, eval_every, eval_samples, seed, device,
+                    data_dir, log, plot, save, json_out, quiet, mlflow)
 
     command.__doc__ = doc
     return command

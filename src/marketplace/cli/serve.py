@@ -24,6 +24,10 @@ def serve(
     store: str = typer.Option("runs/server", help="directory of the SQLite store and the learner checkpoint"),
     checkpoint_every: int = typer.Option(10, help="updates between learner checkpoints (also on SIGTERM)"),
     learning: bool = typer.Option(True, help="--no-learning: plain inference with the base weights"),
+    baseline: bool = typer.Option(False, help="answer with the base weights; learn from each path's loss minus "
+                                  "theirs (one more forward per batch)"),
+    balanced: bool = typer.Option(True, "--balanced/--independent", help="spread each served batch evenly over "
+                                  "the vendors (no padding) or draw every path independently"),
     max_batch: int = typer.Option(512, help="inputs per batched forward"),
     batch_window_ms: float = typer.Option(2.0, help="how long a forward waits for more requests"),
     max_request: int = typer.Option(512, help="inputs per predict request"),
@@ -45,7 +49,8 @@ def serve(
         torch.set_num_threads(threads)
     secret, made_up = resolve_token(token)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
-                          learning=learning, store=store, checkpoint_every=checkpoint_every, max_batch=max_batch,
+                          learning=learning, baseline=baseline, balanced=balanced, store=store,
+                          checkpoint_every=checkpoint_every, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, protect_predict=protect_predict, device=device)
     engine = engine_from_checkpoint(checkpoint, config)

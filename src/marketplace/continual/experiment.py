@@ -26,7 +26,8 @@ from ..optim import V2
 from ..rng import derive_seeds
 from ..training import Hook, accuracy, save_checkpoint
 from . import dress, nine
-from .learner import ContinualLearner, per_example_cross_entropy
+from .learner import ContinualLearner
+from .losses import per_example_cross_entropy
 from .pretrain import load_market
 from .stream import STREAM_AUGMENT, STREAM_NEW, STREAM_OLD, ContinualData, shift_augment, step_indices
 
@@ -56,6 +57,7 @@ class ContinualConfig:
     outliers: float | None = None  # drop losses beyond this many standard deviations
     augment: bool = False  # shift the old images by up to 2 px
     balanced: bool = False
+    baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
     eval_every: int = 100
     eval_samples: int = 2000  # old-class validation images in the log (the summary uses all of them)
     seed: int = 0
@@ -100,7 +102,8 @@ class ContinualRun:
                        decay=0.0, seed=config.seed)
         records = config.records or config.old_per_step + config.new_per_step
         self.learner = ContinualLearner(optimizer, records=records, outliers=config.outliers,
-                                        path_seed=config.seed, balanced=config.balanced)
+                                        path_seed=config.seed, balanced=config.balanced,
+                                        baseline=config.baseline)
         self.augmenter = torch.Generator().manual_seed(int(derive_seeds(config.seed, STREAM_AUGMENT)[0]) & (2**63 - 1))
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,13 @@ The update is the optimizer's own `step(losses, paths)`: the learner is only
 a different source of (path, loss) pairs, like a supervised batch or a
 remote client that sends (step id, path, loss) and keeps its data.
 
+With `baseline=True` each batch also runs the base weights: the answer
+is theirs (no served prediction pays for a perturbation) and a record's
+loss is the path's loss minus the base weights' loss on the same example.
+That difference is what the path's perturbation did to this example; the
+example's own difficulty, which otherwise dominates a single-example loss,
+cancels. It costs one plain forward per batch; the update rule is unchanged.
+
 Stale records are discarded. A record belongs to the seeds it was served
 with, identified by the optimizer's step counter. When an update redraws the
 seeds, records of the old step that were not part of it (a label that
@@ -24,48 +31,18 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Hashable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MarketplaceError
 from ..optim import AdaptiveV2, MarketOptimizer
+from .losses import LossFn, OutlierRule, drop_beyond_std, per_example_cross_entropy, relative_losses
 from .serving import serve
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-OutlierRule = Callable[[torch.Tensor], torch.Tensor]
 
 
 class UnknownRequestError(MarketplaceError):
     """A label arrived for a request id that is not waiting for one."""
-
-
-def per_example_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits [n, C], labels int64 [n] -> cross-entropy of each example, float32 [n]."""
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]):
-        raise MarketplaceError(f"labels must lie in [0, {logits.shape[-1]}), "
-                               f"got {int(labels.min())}..{int(labels.max())}")
-    return F.cross_entropy(logits.float(), labels.to(logits.device), reduction="none")
-
-
-def drop_beyond_std(k: float) -> OutlierRule:
-    """An outlier rule: keep losses within k standard deviations of their mean.
-
-    Returns a function losses [K] -> bool keep mask [K].
-    """
-    if not isinstance(k, (int, float)) or not k > 0:
-        raise ValueError(f"Invalid outlier threshold: {k!r} (must be > 0 standard deviations)")
-
-    def keep(losses: torch.Tensor) -> torch.Tensor:
-        losses = losses.double()
-        std = losses.std(unbiased=False)
-        if not bool(std > 0):
-            return torch.ones_like(losses, dtype=torch.bool)
-        return (losses - losses.mean()).abs() <= k * std
-
-    keep.__name__ = f"drop_beyond_{k:g}_std"
-    return keep
 
 
 @dataclass
@@ -76,16 +53,27 @@ class Pending:
     path: torch.Tensor  # int64 [N]
     logits: torch.Tensor | None  # [C]; None once it can no longer count (stale)
     input: Any = None  # a reference to the input (not saved by state_dict)
+    base: torch.Tensor | None = None  # [C], the base weights' logits (learners with a baseline)
 
 
 @dataclass
 class Response:
-    """What `ContinualLearner.serve` answers: logits [B, C], paths [B, N], request ids, step."""
+    """What `ContinualLearner.serve` answers: logits [B, C], paths [B, N], request ids, step.
+
+    logits are the answer: the path's, or the base weights' under a
+    baseline, when `path_logits` holds the path's (what is learned from).
+    """
 
     logits: torch.Tensor
     paths: torch.Tensor
     ids: list
     step: int
+    path_logits: torch.Tensor | None = None
+
+    @property
+    def probe_logits(self) -> torch.Tensor:
+        """The logits of the random paths: the ones a record's loss is computed from."""
+        return self.logits if self.path_logits is None else self.path_logits
 
 
 class ContinualLearner:
@@ -100,11 +88,13 @@ class ContinualLearner:
     path_seed: seeds the generator that draws the serving paths.
     balanced: draw paths with an even spread of vendors per batch
     (`serving.balanced_paths`) instead of independently per request.
+    baseline: answer with the base weights and learn from each path's loss
+    minus theirs (see the module docstring).
     """
 
     def __init__(self, optimizer: MarketOptimizer, records: int = 256,
                  outliers: float | OutlierRule | None = None, loss_fn: LossFn = per_example_cross_entropy,
-                 path_seed: int = 0, balanced: bool = False):
+                 path_seed: int = 0, balanced: bool = False, baseline: bool = False):
         if not isinstance(optimizer, MarketOptimizer):
             raise TypeError(f"expected a market optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, AdaptiveV2):
@@ -120,6 +110,7 @@ class ContinualLearner:
             else outliers
         self.loss_fn = loss_fn
         self.balanced = balanced
+        self.baseline = bool(baseline)
         self.generator = torch.Generator().manual_seed(path_seed)
         self._losses: list[torch.Tensor] = []  # labelled records of the current step
         self._paths: list[torch.Tensor] = []
@@ -167,17 +158,18 @@ class ContinualLearner:
             if clash or (ids is not None and len(set(ids)) != len(ids)):
                 raise MarketplaceError(f"request ids must be unique and not already waiting; "
                                        f"repeated: {clash[:5] or ids[:5]}")
-        out = serve(self.market, self.vendors, x, generator=self.generator, balanced=self.balanced)
+        out = self._answer(serve(self.market, self.vendors, x, generator=self.generator, balanced=self.balanced), x)
         self.stats["served"] += b
-        ids = list(ids) if ids is not None else [next(self._ids) for _ in range(b)]
+        out.ids = list(ids) if ids is not None else [next(self._ids) for _ in range(b)]
         if labels is not None:
-            self._record(self.loss_fn(out.logits, labels), out.paths, step)
-            return Response(out.logits, out.paths, ids, step)
+            self._record(self.losses(out.probe_logits, labels, self._base_of(out)), out.paths, step)
+            return out
         refs = inputs if inputs is not None else x
-        paths = out.paths.cpu()
-        for i, rid in enumerate(ids):
-            self.pending[rid] = Pending(step, paths[i], out.logits[i], refs[i])
-        return Response(out.logits, out.paths, ids, step)
+        paths, base = out.paths.cpu(), self._base_of(out)
+        for i, rid in enumerate(out.ids):
+            self.pending[rid] = Pending(step, paths[i], out.probe_logits[i], refs[i],
+                                        None if base is None else base[i])
+        return out
 
     def infer(self, x: torch.Tensor) -> Response:
         """Answer a batch along random paths, keeping nothing: the caller stores (step, path, logits).
@@ -189,13 +181,29 @@ class ContinualLearner:
         made once per set of vendors (once per step) and reused by every
         batch until the next update: the base weights change only there.
         """
-        step, vendors = self.step, self.vendors
+        vendors = self.vendors
         if self._stacked is None or self._stacked[0] is not vendors:  # new vendors: an update or a restore
             self._stacked = (vendors, [self.market.vendor_parameters(k, vendors) for k in range(self.market.depth)])
         out = serve(self.market, vendors, x, generator=self.generator, balanced=self.balanced,
                     stacked=self._stacked[1])
         self.stats["served"] += x.shape[0]
-        return Response(out.logits, out.paths, [], step)
+        return self._answer(out, x)
+
+    def _answer(self, out, x: torch.Tensor) -> Response:
+        """The served paths' output -> the answer: under a baseline, the base weights' logits beside them."""
+        if not self.baseline:
+            return Response(out.logits, out.paths, [], self.step)
+        with torch.no_grad():
+            base = self.market(x)
+        return Response(base, out.paths, [], self.step, path_logits=out.logits)
+
+    @staticmethod
+    def _base_of(out: Response) -> torch.Tensor | None:
+        return None if out.path_logits is None else out.logits
+
+    def losses(self, logits: torch.Tensor, labels: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """What a record learns from: the path's loss, minus the base weights' loss when `base` logits are given."""
+        return relative_losses(self.loss_fn, logits, labels, base)
 
     def label(self, ids: Sequence[Hashable], labels: torch.Tensor | Sequence[int]) -> int:
         """Labels for requests served earlier, in any order; returns how many were recorded.
@@ -237,7 +245,8 @@ class ContinualLearner:
 
     def _flush_labels(self, entries: list[Pending], labels: list[int]) -> int:
         logits = torch.stack([e.logits for e in entries])
-        losses = self.loss_fn(logits, torch.tensor(labels, dtype=torch.int64, device=logits.device))
+        base = torch.stack([e.base for e in entries]) if self.baseline else None
+        losses = self.losses(logits, torch.tensor(labels, dtype=torch.int64, device=logits.device), base)
         return self._record(losses, torch.stack([e.path for e in entries]), entries[0].step)
 
     def record(self, losses: torch.Tensor, paths: torch.Tensor, step: int) -> int:
@@ -294,7 +303,7 @@ class ContinualLearner:
         self.stats["updates"] += int(updated)
         for entry in self.pending.values():  # they can no longer count: free their logits and inputs
             if entry.step == old_step:
-                entry.logits, entry.input = None, None
+                entry.logits, entry.input, entry.base = None, None, None
         return updated
 
     # -- saving and restoring ------------------------------------------------
@@ -313,6 +322,7 @@ class ContinualLearner:
         state.update({
             "records": self.records,
             "balanced": self.balanced,
+            "baseline": self.baseline,
             "generator": self.generator.get_state(),
             "next_id": self._peek_id(),
             "buffer_losses": torch.cat(self._losses) if self._losses else torch.zeros(0),
@@ -322,6 +332,8 @@ class ContinualLearner:
             "pending_paths": torch.stack([e.path for _, e in live]) if live
             else torch.zeros(0, self.market.depth, dtype=torch.int64),
             "pending_logits": torch.stack([e.logits.detach().cpu() for _, e in live]) if live
+            else torch.zeros(0, n_classes),
+            "pending_base": torch.stack([e.base.detach().cpu() for _, e in live]) if live and self.baseline
             else torch.zeros(0, n_classes),
             "stale_ids": [rid for rid, e in waiting if e.logits is None],
             "stats": dict(self.stats),
@@ -338,14 +350,19 @@ class ContinualLearner:
         self.optimizer.load_state_dict(opt_state)
         self.records = int(state["records"])
         self.balanced = bool(state.get("balanced", False))
+        if bool(state.get("baseline", False)) != self.baseline:
+            raise MarketplaceError(f"this state was saved by a learner with baseline={not self.baseline}; "
+                                   f"this one has baseline={self.baseline}")
         self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
         self._ids = itertools.count(int(state["next_id"]))
         losses, paths = state["buffer_losses"], state["buffer_paths"]
         self._losses, self._paths, self._count = ([losses], [paths], losses.numel()) if losses.numel() else ([], [], 0)
+        bases = state.get("pending_base")
+        bases = list(bases) if self.baseline else [None] * len(state["pending_ids"])
         self.pending = {
-            rid: Pending(int(s), p, l)
-            for rid, s, p, l in zip(state["pending_ids"], state["pending_steps"].tolist(),
-                                    state["pending_paths"], state["pending_logits"])
+            rid: Pending(int(s), p, l, None, b)
+            for rid, s, p, l, b in zip(state["pending_ids"], state["pending_steps"].tolist(),
+                                       state["pending_paths"], state["pending_logits"], bases)
         }
         self.pending.update({rid: Pending(-1, torch.zeros(0, dtype=torch.int64), None) for rid in state["stale_ids"]})
         self.stats = {k: int(v) for k, v in state["stats"].items()}
@@ -353,4 +370,5 @@ class ContinualLearner:
     def __repr__(self) -> str:
         rule = getattr(self._keep, "__name__", None)
         return (f"ContinualLearner({self.optimizer!r}, records={self.records}, outliers={rule}, "
+                f"baseline={self.baseline}, "
                 f"step={self.step}, waiting={len(self.pending)})")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
@@ -49,26 +50,27 @@ def random_paths(counts, batch: int, generator: torch.Generator | None = None,
     return torch.stack(cols, dim=1).to(device) if cols else torch.zeros(batch, 0, dtype=torch.int64, device=device)
 
 
-def _slots(vendor: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _slots(vendor: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Slots that pad the examples into equal per-vendor groups.
 
     vendor: int64 [B], the vendor of each example. Slot r * M + j holds the
     r-th example of vendor j, so the padded batch reshapes to [G, M, ...]
     with G the largest group. Returns (gather [G * M]: the example in each
     slot, slot [B]: the slot of each example, G). Empty slots repeat
-    example 0; their outputs are dropped.
+    example 0; their outputs are dropped. In numpy: a server runs this for
+    every small batch, where torch's per-operation cost would exceed the work.
     """
     b = vendor.shape[0]
-    counts = torch.bincount(vendor, minlength=m)  # [M]
+    counts = np.bincount(vendor, minlength=m)  # [M]
     group = int(counts.max())
-    order = torch.argsort(vendor, stable=True)  # examples sorted by vendor
-    starts = torch.cumsum(counts, 0) - counts  # first sorted position of each vendor
+    order = np.argsort(vendor, kind="stable")  # examples sorted by vendor
+    starts = np.cumsum(counts) - counts  # first sorted position of each vendor
     sorted_vendor = vendor[order]
-    rank = torch.arange(b, device=vendor.device) - starts[sorted_vendor]  # position inside its group
-    slot = torch.empty_like(vendor)
+    rank = np.arange(b) - starts[sorted_vendor]  # position inside its group
+    slot = np.empty_like(vendor)
     slot[order] = rank * m + sorted_vendor
-    gather = torch.zeros(group * m, dtype=torch.int64, device=vendor.device)
-    gather[slot] = torch.arange(b, device=vendor.device)
+    gather = np.zeros(group * m, dtype=np.int64)
+    gather[slot] = np.arange(b)
     return gather, slot, group
 
 
@@ -137,19 +139,18 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
         raise MarketError(f"paths name vendors outside the market {list(market.vendor_counts)}")
     if b == 0:
         return Served(market(x), paths)
-    h = x
-    for k in range(market.depth):
+    h, index = x, lambda a: torch.from_numpy(a).to(x.device)
+    for k, vendor in enumerate(paths.cpu().numpy().T):
         params = stacked[k] if stacked is not None else market.vendor_parameters(k, vendors)
-        vendor = paths[:, k]
-        used = torch.unique(vendor)  # sorted
-        if used.numel() < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
-            params = {name: p[used] for name, p in params.items()}
-            vendor = torch.searchsorted(used, vendor.contiguous())
-        m = used.numel()
+        used = np.unique(vendor)  # sorted
+        if len(used) < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
+            params = {name: p[index(used)] for name, p in params.items()}
+            vendor = np.searchsorted(used, vendor)
+        m = len(used)
         gather, slot, group = _slots(vendor, m)
-        padded = h[gather].view(group, m, *h.shape[1:])  # [G, M, ...]
+        padded = h[index(gather)].view(group, m, *h.shape[1:])  # [G, M, ...]
         out = _spec_forward(market, k, params, padded, grouped)
-        h = out.reshape(group * m, *out.shape[2:])[slot]  # back to request order [B, ...]
+        h = out.reshape(group * m, *out.shape[2:])[index(slot)]  # back to request order [B, ...]
     return Served(h, paths)
 
 

@@ -17,7 +17,12 @@ class ServerConfig:
     seed: the serving optimizer (ALGORITHM.md section 7 defaults: fixed lr
     1e-2, probes at lr, whole-model unit vector). learning: False serves
     plain inference with the base weights and refuses feedback (the
-    baseline a learning server is compared with). store: the directory of
+    reference a learning server is compared with). baseline: answer with
+    the base weights and learn from each path's loss minus theirs
+    (`ContinualLearner(baseline=True)`). balanced: each served batch gives
+    every vendor an equal share of its requests (each request's path is
+    still uniform), so the grouped forward needs no padding; False draws
+    each request's path independently, as section 7 does. store: the directory of
     the SQLite store and the learner checkpoint. checkpoint_every: updates
     between learner checkpoints (also written on shutdown). max_batch /
     batch_window_ms: the micro-batcher's limits. max_request: inputs in one
@@ -33,6 +38,8 @@ class ServerConfig:
     seed: int = 0
     classes: int | None = None  # widen a checkpoint's head to this many classes (a new class, section 7)
     learning: bool = True
+    baseline: bool = False
+    balanced: bool = True
     store: str = "runs/server"
     checkpoint_every: int = 10
     max_batch: int = 512

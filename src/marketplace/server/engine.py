@@ -68,7 +68,8 @@ class Engine:
         # A non-finite loss skips its update rather than raising: a stored record must never stop recovery.
         optimizer = V2(market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
                        decay=0.0, seed=config.seed, on_nonfinite="skip")
-        self.learner = ContinualLearner(optimizer, records=config.records, path_seed=config.seed)
+        self.learner = ContinualLearner(optimizer, records=config.records, path_seed=config.seed,
+                                        baseline=config.baseline, balanced=config.balanced)
         self.lock = threading.RLock()
         self.started = time.time()
         self.applied_seq, self.last_served_id, self.replayed = 0, -1, 0
@@ -93,6 +94,12 @@ class Engine:
         elif known != self.source:
             raise MarketplaceError(f"the store {root} was made for other starting weights ({known[:12]}, not "
                                    f"{self.source[:12]}): pick another --store or the same checkpoint")
+        baseline, stored = "on" if self.config.baseline else "off", self.store.get_meta("baseline")
+        if stored is None:  # its records' losses are relative to the base weights or not: that cannot change
+            self.store.set_meta("baseline", baseline)
+        elif stored != baseline:
+            raise MarketplaceError(f"the store {root} was made with the baseline {stored}, not {baseline}: "
+                                   "start with the same --baseline setting or pick another --store")
         if (root / LEARNER_FILE).exists():
             self._load(root / LEARNER_FILE)
         self._replay()
@@ -130,7 +137,10 @@ class Engine:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> Predictions:
-        """One batched forward: random paths when learning (stored for their labels), else the base weights."""
+        """One batched forward: random paths when learning (stored for their labels), else the base weights.
+
+        With a baseline the answer is the base weights' and the paths run beside them, for learning only.
+        """
         with self.lock:
             x = x.to(self.market.device)
             if not self.config.learning:
@@ -138,7 +148,8 @@ class Engine:
                 return Predictions(logits, torch.zeros(x.shape[0], self.market.depth, dtype=torch.int64), None,
                                    self.step)
             out = self.learner.infer(x)
-            ids = self.store.add_served(out.step, out.paths, out.logits)
+            base = out.logits if self.config.baseline else None
+            ids = self.store.add_served(out.step, out.paths, out.probe_logits, base)
             self.last_served_id = ids[-1] if ids else self.last_served_id
             return Predictions(out.logits, out.paths, ids, out.step)
 
@@ -160,7 +171,8 @@ class Engine:
             if bad:
                 raise RequestError(f"labels must lie in [0, {classes}), got {bad[:5]}")
             logits = torch.stack([rows[i].logits for i in ids])
-            losses = self.learner.loss_fn(logits, torch.tensor(labels, dtype=torch.int64))
+            base = torch.stack([rows[i].base for i in ids]) if self.config.baseline else None
+            losses = self.learner.losses(logits, torch.tensor(labels, dtype=torch.int64), base)
             steps = [rows[i].step for i in ids]
             paths = torch.stack([rows[i].path for i in ids])
             seqs = self.store.add_records("feedback", steps, paths, losses, ids, labels)
@@ -234,7 +246,7 @@ class Engine:
                     "seeds": [[int(s) for s in seeds.tolist()] for seeds in vendors.seeds],
                     "sigma": list(vendors.sigma), "sampling_seed": int(vendors.sampling_seed),
                     "input_shape": list(self.input_shape), "model": self.model, "records": self.config.records,
-                    "learning": self.config.learning}
+                    "learning": self.config.learning, "baseline": self.config.baseline}
 
     def weights(self) -> tuple[str, bytes]:
         """(version, the base weights as safetensors bytes), made once per step."""
@@ -247,6 +259,7 @@ class Engine:
     def status(self) -> dict[str, Any]:
         stats = dict(self.learner.stats)
         return {"step": self.step, "version": self.version(), "learning": self.config.learning,
+                "baseline": self.config.baseline,
                 "records_waiting": self.learner.buffered, "records_per_update": self.config.records,
                 **stats, "replayed": self.replayed, "uptime_s": round(time.time() - self.started, 3)}
 

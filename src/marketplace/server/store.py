@@ -1,7 +1,8 @@
 """The durable store: every served request and every acknowledged record, in SQLite (WAL).
 
 Two tables. `served` holds what a later label needs: the step (the seeds)
-a request was served with, its path and its logits. `records` is the log
+a request was served with, its path and its path's logits (and, for a
+learner with a baseline, the base weights' logits). `records` is the log
 the learner consumes, in `seq` order: one (step, path, loss) per
 acknowledged feedback or client report. The learner checkpoint names the
 last `seq` it had applied, so recovery replays exactly the records after it.
@@ -25,7 +26,7 @@ import torch
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS served (
-    id INTEGER PRIMARY KEY, step INTEGER NOT NULL, path BLOB NOT NULL, logits BLOB NOT NULL);
+    id INTEGER PRIMARY KEY, step INTEGER NOT NULL, path BLOB NOT NULL, logits BLOB NOT NULL, base BLOB);
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, request_id INTEGER UNIQUE,
     step INTEGER NOT NULL, path BLOB NOT NULL, loss REAL NOT NULL, label INTEGER, time REAL NOT NULL);
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS records (
 class ServedRow:
     step: int
     path: torch.Tensor  # int64 [N]
-    logits: torch.Tensor  # float32 [C]
+    logits: torch.Tensor  # float32 [C], the path's
+    base: torch.Tensor | None = None  # float32 [C], the base weights' (a learner with a baseline)
 
 
 @dataclass
@@ -55,6 +57,10 @@ def _path(blob: bytes) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(blob, dtype=np.int32).astype(np.int64))
 
 
+def _floats(blob: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(blob, np.float32).copy())
+
+
 class Store:
     """One SQLite file; used from one thread at a time (the server's engine thread)."""
 
@@ -64,6 +70,8 @@ class Store:
         self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(_SCHEMA)
+        if "base" not in {row[1] for row in self.db.execute("PRAGMA table_info(served)")}:  # a 0.2.0 store
+            self.db.execute("ALTER TABLE served ADD COLUMN base BLOB")
         self._next_id = int(self.db.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM served").fetchone()[0])
 
     def close(self) -> None:
@@ -85,15 +93,18 @@ class Store:
     def next_id(self) -> int:
         return self._next_id
 
-    def add_served(self, step: int, paths: torch.Tensor, logits: torch.Tensor) -> list[int]:
-        """Store a served batch (paths [B, N], logits [B, C]); returns the request ids given to it."""
+    def add_served(self, step: int, paths: torch.Tensor, logits: torch.Tensor,
+                   base: torch.Tensor | None = None) -> list[int]:
+        """Store a served batch (paths [B, N], logits [B, C], base [B, C] or None); returns its request ids."""
         ids = list(range(self._next_id, self._next_id + paths.shape[0]))
         logits = logits.detach().float().cpu().numpy()
-        rows = [(i, step, _path_bytes(p), logits[r].tobytes()) for r, (i, p) in enumerate(zip(ids, paths.cpu()))]
+        base = None if base is None else base.detach().float().cpu().numpy()
+        rows = [(i, step, _path_bytes(p), logits[r].tobytes(), None if base is None else base[r].tobytes())
+                for r, (i, p) in enumerate(zip(ids, paths.cpu()))]
         self.db.execute("PRAGMA synchronous=NORMAL")
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO served VALUES (?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT INTO served VALUES (?, ?, ?, ?, ?)", rows)
         self._next_id += len(ids)
         return ids
 
@@ -103,9 +114,9 @@ class Store:
         for chunk in range(0, len(ids), 500):
             part = list(ids[chunk : chunk + 500])
             marks = ",".join("?" * len(part))
-            for rid, step, path, logits in self.db.execute(
-                    f"SELECT id, step, path, logits FROM served WHERE id IN ({marks})", part):
-                found[rid] = ServedRow(step, _path(path), torch.from_numpy(np.frombuffer(logits, np.float32).copy()))
+            for rid, step, path, logits, base in self.db.execute(
+                    f"SELECT id, step, path, logits, base FROM served WHERE id IN ({marks})", part):
+                found[rid] = ServedRow(step, _path(path), _floats(logits), None if base is None else _floats(base))
         return found
 
     def served_after(self, last_id: int) -> int:
