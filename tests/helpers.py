@@ -82,3 +82,17 @@ def path_reference(market, vendors, path, x):
         params = {n: p + d for (n, p), d in zip(sorted(spec.named_parameters()), layout.split(delta).values())}
         x = functional_call(spec, params, (x,))
     return x
+
+
+def toy_problem(seed=0, examples=256, vendors=(4, 4)):
+    """A small separable classification problem (x [examples, 8], 3 classes) and a 2-spec MLP market."""
+    from marketplace import Market
+    from marketplace.models import mlp
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(examples, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        market = Market(mlp([8, 16, 3]), vendors=list(vendors))
+    return market, x, y

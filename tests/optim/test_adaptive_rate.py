@@ -3,20 +3,14 @@
 import pytest
 import torch
 
-from marketplace import AdaptiveV2, Market, path_losses
+from helpers import toy_problem
+from marketplace import AdaptiveV2, path_losses
 from marketplace.functional import best_path
-from marketplace.models import mlp
 from marketplace.optim.adaptive import bounded_steps, smoothed_rate
 
 
 def problem(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(128, 8, generator=g)
-    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        market = Market(mlp([8, 16, 3]), vendors=[3, 3])
-    return market, x, y
+    return toy_problem(seed, examples=128, vendors=(3, 3))
 
 
 def run(opt, market, x, y, steps):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from marketplace import V1, V2, AdaptiveV2, Market, NonFiniteLossError, path_losses
-from marketplace.models import mlp
+from helpers import toy_problem
+from marketplace import V1, V2, AdaptiveV2, NonFiniteLossError, path_losses
 
 OPTIMIZERS = {
     "v1": lambda m, **kw: V1(m, lr=0.05, **kw),
@@ -12,14 +12,7 @@ OPTIMIZERS = {
 
 
 def problem(seed=0):
-    """A small separable classification problem and a 2-spec MLP market."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(256, 8, generator=g)
-    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        market = Market(mlp([8, 16, 3]), vendors=[4, 4])
-    return market, x, y
+    return toy_problem(seed)
 
 
 def run(opt, market, x, y, steps):
