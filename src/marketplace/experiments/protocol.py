@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..diagnostics.grid import write_atomic
 from ..machine import cpu_name
 
 # name -> options of `marketplace train` beyond the protocol's own
@@ -57,7 +58,7 @@ def run_one(name: str, seed: int, steps: int, device: str, out: Path, train: boo
         return None
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     summary.update(variant=name, seed=seed, command=" ".join(["marketplace", *args[3:]]))
-    result.write_text(json.dumps(summary) + "\n")
+    write_atomic(result, json.dumps(summary) + "\n")  # a finished run is read back: never half a file
     return summary
 
 
@@ -104,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                            "seeds": seeds, "device": args.device, "test_images": 10_000},
               "machine": cpu_name(), "cores": os.cpu_count(), "date": datetime.now(timezone.utc).isoformat(),
               "variants": {n: {"options": VARIANTS[n], "runs": results[n]} for n in names}}
-    (out / f"protocol_{args.device}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out / f"protocol_{args.device}.md").write_text(markdown + "\n")
+    write_atomic(out / f"protocol_{args.device}.json", json.dumps(record, indent=1) + "\n")
+    write_atomic(out / f"protocol_{args.device}.md", markdown + "\n")
 
 
 if __name__ == "__main__":
