@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # plain py
 from marketplace.experiments.suite import SIZES, Suite, output_dirs, run_suite  # noqa: E402
 from marketplace.machine import resolve_device  # noqa: E402
 
-PARTS = ("cuda_tests", "step_speed", "v2_train", "backprop", "serving", "philox", "continual_dress", "v2_pretrain_no9",
-         "continual_nine", "v2_train_wide", "step_speed_compiled", "continual_dress_long")
+PARTS = ("cuda_tests", "step_speed", "v2_train", "v2_default", "backprop", "serving", "philox", "continual_dress",
+         "v2_pretrain_no9", "continual_nine", "v2_default_cosine", "v2_train_wide", "step_speed_compiled",
+         "continual_dress_long")
 
 
 def main(argv=None) -> dict:

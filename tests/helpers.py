@@ -1,4 +1,8 @@
-"""Helpers shared by the test files (not tests themselves)."""
+"""Helpers shared by the test files (not tests themselves).
+
+Imports nothing the GPU machine lacks (FastAPI, httpx, MLflow): the CUDA tests
+of every module that uses these helpers must still be collected there.
+"""
 
 import json
 import sys
@@ -7,7 +11,6 @@ import torch
 from torch.func import functional_call
 
 from marketplace.cli import main
-from marketplace.server.process import ServerProcess  # noqa: F401  (re-exported for the server tests)
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:

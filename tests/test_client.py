@@ -7,10 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load as load_bytes
 
-from helpers import ServerProcess, tiny_checkpoint
+from helpers import tiny_checkpoint
+
 from marketplace.client import PrivateClient
 from marketplace.continual import ContinualLearner, per_example_cross_entropy, serve
 from marketplace.optim import V2
+from marketplace.server.process import ServerProcess
 from marketplace.training import load_checkpoint, market_from_checkpoint
 
 K = 4

@@ -14,9 +14,15 @@ def test_tiny_suite_runs_every_part_and_leaves_json(small_data, tmp_path):
     parts = results["parts"]
     assert parts["cuda_tests"]["status"] == "skipped"
     assert {n: p["status"] for n, p in parts.items() if n != "cuda_tests"} == {
-        n: "ok" for n in ("step_speed", "v2_train", "backprop", "serving", "philox", "continual_dress",
-                          "v2_pretrain_no9", "continual_nine", "v2_train_wide")}
+        n: "ok" for n in ("step_speed", "v2_train", "v2_default", "backprop", "serving", "philox", "continual_dress",
+                          "v2_pretrain_no9", "continual_nine", "v2_default_cosine", "v2_train_wide")}
     assert sorted(parts["v2_train"]["test_accuracy_at"]) == [TINY.eval_every, TINY.train_steps]
+    default = parts["v2_default"]  # the CLI's defaults: cheap vendors on the head, lr 0.15, probe scale 0.03
+    head = int(default["market"].split("x")[-1])
+    assert default["market"].startswith("2x2x") and head > 2 and default["asked"] == "2,2,2"
+    assert default["settings"]["lr"] == 0.15 and default["steps"] == TINY.train_steps
+    assert default["goal"]["reached"]["step"] == TINY.goal_eval_every  # the tiny goal (0%) is met at the first test
+    assert parts["v2_default_cosine"]["schedule"] == "cosine"
     variants = [r["variant"] for r in parts["step_speed"]["rows"] if r["name"] == "market V2 step"]
     assert variants == list(TINY.variants)
     saved = json.loads((out / "gpu_suite.json").read_text())
@@ -48,3 +54,28 @@ def test_the_script_refuses_unknown_parts(capsys):
     with pytest.raises(SystemExit) as info:
         script.main(["--only", "step_speed,warp_drive", "--device", "cpu"])
     assert info.value.code == 2 and "warp_drive" in capsys.readouterr().err
+
+
+def test_the_cuda_tests_collect_without_the_packages_the_gpu_machine_lacks(tmp_path):
+    """The GPU machine has no FastAPI, httpx, MLflow or platformdirs: a test module with CUDA tests must not need them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    modules = sorted(str(p.relative_to(root)) for p in (root / "tests").rglob("test_*.py")
+                     if "mark.cuda" in p.read_text())
+    assert modules, "no CUDA tests found"
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('fastapi', 'uvicorn', 'httpx', 'mlflow', 'platformdirs'):\n"
+        "            raise ImportError('not on the GPU machine: ' + name)\n"
+        "sys.meta_path.insert(0, Refuse())\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root / 'src'}"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                          *modules], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "error" not in out.stdout.lower()

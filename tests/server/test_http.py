@@ -7,8 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load as load_bytes
 
-from helpers import ServerProcess, tiny_checkpoint
+from helpers import tiny_checkpoint
+
 from marketplace.client import Client, ServerError
+from marketplace.server.process import ServerProcess
 
 K = 4
 

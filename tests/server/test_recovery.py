@@ -7,8 +7,10 @@ import time
 import httpx
 import torch
 
-from helpers import ServerProcess, tiny_checkpoint
+from helpers import tiny_checkpoint
+
 from marketplace.client import Client, ServerError
+from marketplace.server.process import ServerProcess
 from marketplace.training import load_checkpoint
 
 K = 4

@@ -29,6 +29,7 @@ import torch
 from ..machine import machine_name, machine_summary
 from .speed import Row, bench_market, table, write_text
 from .suite_report import markdown, summary_table
+from .suite_training import TrainingParts
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class Size:
     eval_samples: int = 10_000
     continual_cap_s: float = 100.0  # seconds each continual experiment may take (fewer steps if slower)
     warmup: int = 2  # untimed calls before the timed repeats
+    goal_accuracy: float = 98.0  # the default trainer's run: the time to this test accuracy ...
+    goal_s: float = 60.0  # ... within this much training, past train_steps if the step is fast
+    goal_eval_every: int = 100  # its evaluations (all eval_samples test images)
 
 
 FULL = Size("full", (8, 16), 512,
@@ -60,12 +64,12 @@ FULL = Size("full", (8, 16), 512,
             ("wide/compile", "wide/compile=reduce-overhead", "wide/compile=max-autotune"),
             10, 8, 2000, 500, 16, 2000, 20_000, 100_000, (512, 4096))
 TINY = Size("tiny", (2,), 2, ("vmap", "grouped", "wide"), (), 1, 2, 4, 2, 3, 2, 2, 0, (8,), eval_samples=100,
-            warmup=0)
+            warmup=0, goal_accuracy=0.0, goal_s=0.0, goal_eval_every=2)
 SIZES = {"full": FULL, "tiny": TINY}
 
 
 @dataclass
-class Suite:
+class Suite(TrainingParts):
     """Runs the parts under one wall-time budget and keeps the results on disk as it goes."""
 
     size: Size
@@ -174,46 +178,6 @@ class Suite:
         return {"batch": self.size.batch, "table": table(rows), "failed": failed,
                 "rows": [{**r.__dict__, "tflops": r.tflops, "products_per_s": r.products_per_s} for r in rows]}
 
-    def train_v2(self, vendors: int, checkpoint: Path, exclude: tuple[int, ...] = ()) -> dict:
-        """V2 with the published settings (lr 0.1, probe scale 0.1, decay 1e-5, per-spec units)."""
-        from ..continual.pretrain import pretrain
-        from ..training import Hook, TrainConfig
-
-        accuracy: dict[int, float] = {}
-
-        class Track(Hook):
-            def on_step(self, metrics):
-                if "test_accuracy" in metrics:
-                    accuracy[int(metrics["step"])] = float(metrics["test_accuracy"])
-
-        s = self.size
-        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, batch=s.batch, lr=0.1, probe_scale=0.1,
-                             decay=1e-5, steps=s.train_steps, max_seconds=max(5.0, self.left() - 5.0),
-                             eval_every=s.eval_every, eval_samples=s.eval_samples, log_every=s.eval_every,
-                             device=str(self.device), data_dir=self.data_dir, checkpoint=str(checkpoint),
-                             checkpoint_every=s.train_steps)
-        summary = pretrain(config, exclude=exclude, hooks=[Track()])
-        accuracy[int(summary["steps"])] = float(summary["test_accuracy"])
-        return {"market": f"{vendors}x{vendors}x{vendors}", "batch": s.batch, "steps": summary["steps"],
-                "exclude": list(exclude), "test_accuracy_at": accuracy, "seconds_training": summary["seconds"],
-                "ms_per_step": 1e3 * summary["seconds"] / max(1, summary["steps"]),
-                "reference_8x8x8": {"500": 92.85, "1000": 95.09, "2000": 96.10}}
-
-    def backprop(self) -> dict:
-        from ..experiments.baselines import BackpropConfig, train_backprop
-
-        out = {}
-        for algorithm in ("adam", "sgd"):
-            s = self.size
-            config = BackpropConfig(algorithm=algorithm, norm="instance", batch=s.batch, steps=s.backprop_steps,
-                                    max_seconds=max(5.0, self.left() / 2), eval_every=s.eval_every,
-                                    eval_samples=s.eval_samples, device=str(self.device), data_dir=self.data_dir)
-            summary = train_backprop(config)
-            out[algorithm] = {"steps": summary["steps"], "test_accuracy": summary["test_accuracy"],
-                              "seconds": summary["seconds"], "lr": config.learning_rate,
-                              "ms_per_step": 1e3 * summary["seconds"] / max(1, summary["steps"])}
-        return out
-
     def serving(self) -> dict:
         from .. import Market, draw_vendors
         from ..continual import serve
@@ -257,36 +221,6 @@ class Suite:
                                                           self.size.warmup, self.size.repeats))
         return out
 
-    def continual(self, experiment: str, checkpoint: Path, steps: int, cap_s: float) -> dict:
-        """A published continual experiment from a V2 checkpoint; fewer steps if `cap_s` (or the budget) is short."""
-        from ..continual.experiment import ContinualConfig, run_experiment
-        from ..training import Hook
-
-        curve: dict[int, dict] = {}
-
-        class Track(Hook):
-            def on_step(self, metrics):
-                if "val_new_accuracy" in metrics:
-                    curve[int(metrics["step"])] = {k: round(v, 2) for k, v in metrics.items()
-                                                   if k in ("val_old_accuracy", "val_new_accuracy")}
-
-        run_steps = steps
-        if steps > 200:  # time 50 steps first, then ask only for what fits
-            probe = ContinualConfig(experiment=experiment, checkpoint=str(checkpoint), steps=50, eval_every=10**9,
-                                    device=str(self.device), data_dir=self.data_dir, eval_samples=200)
-            rate = run_experiment(probe)["steps_per_second"]
-            fit = int(max(1.0, min(cap_s, self.left() - 20.0)) * rate * 0.85)  # room for the validations
-            run_steps = max(1, min(steps, fit))
-        config = ContinualConfig(experiment=experiment, checkpoint=str(checkpoint), steps=run_steps,
-                                 eval_every=max(1, run_steps // 10), device=str(self.device),
-                                 data_dir=self.data_dir, eval_samples=2000)
-        summary = run_experiment(config, hooks=[Track()])
-        keep = ("steps", "seconds", "steps_per_second", "val_old_start", "val_old_end", "val_new_start",
-                "val_new_end", "old_drop_points", "target_met", "pretrain_test_accuracy")
-        return {**{k: summary[k] for k in keep}, "asked_steps": steps, "curve": curve,
-                **({"cut_to_fit_budget": True} if run_steps < steps else {})}
-
-
 def _times(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
     from .speed import _timed
 
@@ -304,6 +238,9 @@ def run_suite(suite: Suite, work: Path) -> dict:
     ms = _market_ms(suite.results, s.train_vendors)
     per_step = (ms or 50.0) / 1e3 + 0.002  # + data indexing and the update's host work
     suite.part("v2_train", s.train_steps * per_step * 1.1 + 15, lambda: suite.train_v2(s.train_vendors, digits))
+    step_s = suite.results["parts"]["v2_train"].get("ms_per_step", 1e3 * per_step) / 1e3
+    default_s = max(s.goal_s, s.train_steps * step_s) * 1.1 + 15
+    suite.part("v2_default", default_s, lambda: suite.train_default(s.train_vendors, "constant", step_s))
     suite.part("backprop", 2 * s.backprop_steps * 0.006 + 20, suite.backprop)
     suite.part("serving", 15, suite.serving)
     suite.part("philox", 30 if cuda else 5, suite.philox)
@@ -313,6 +250,8 @@ def run_suite(suite: Suite, work: Path) -> dict:
                lambda: suite.train_v2(s.train_vendors, no9, exclude=(9,)))
     if _ok(suite, "v2_pretrain_no9"):
         suite.part("continual_nine", 40, lambda: suite.continual("nine", no9, s.continual_steps, s.continual_cap_s))
+    suite.part("v2_default_cosine", s.train_steps * step_s * 1.1 + 15,
+               lambda: suite.train_default(s.train_vendors, "cosine", step_s))
     wide_ms = _market_ms(suite.results, s.wide_vendors)
     wide_est = s.train_steps * ((wide_ms or 8 * (ms or 50.0)) / 1e3 + 0.002) * 1.1 + 15
     suite.part("v2_train_wide", wide_est,

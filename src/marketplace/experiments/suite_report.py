@@ -29,7 +29,12 @@ def _headline(name: str, r: dict) -> str:
                          for m, b in best.items())
     if name.startswith("v2_"):
         acc = ", ".join(f"{k}: {v:.2f}%" for k, v in sorted(r["test_accuracy_at"].items(), key=lambda kv: int(kv[0])))
-        return f"{r['market']} {r['steps']} steps, {r['ms_per_step']:.1f} ms/step; test {acc}"
+        head = f"{r['market']} {r['steps']} steps, {r['ms_per_step']:.1f} ms/step; test {acc}"
+        if "goal" in r:
+            g, hit = r["goal"], r["goal"]["reached"]
+            head += (f"; {g['test_accuracy']:g}% at step {hit['step']}, {hit['training_s']:.1f} s training, "
+                     f"{hit['wall_s']:.1f} s from launch" if hit else f"; {g['test_accuracy']:g}% not reached")
+        return head
     if name == "backprop":
         return "; ".join(f"{a} {v['steps']} steps {v['test_accuracy']:.2f}% {v['ms_per_step']:.1f} ms/step"
                          for a, v in r.items() if isinstance(v, dict))
