@@ -76,6 +76,8 @@ def test_resume_through_the_cli_continues_the_step_count(monkeypatch, capsys, sm
     code, out, err = run_cli(monkeypatch, capsys, *base, "--steps", "2", "--resume")
     assert code == 0, err
     assert last_json(out)["steps"] == 2
+    code, out, err = run_cli(monkeypatch, capsys, *base, "--steps", "3", "--resume", "--probe-scale", "0.1")
+    assert_user_error(code, out, err, "probe_scale=0.03, not 0.1", "resume with the same settings")
 
 
 def test_the_stabilised_adaptive_rate_reaches_the_optimizer(monkeypatch, capsys, small_data, tmp_path):

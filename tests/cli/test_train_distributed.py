@@ -87,6 +87,9 @@ def test_train_distributed_resumes_where_it_stopped(small_data, tmp_path):
     a_model, b_model = load_checkpoint(tmp_path / "a.safetensors").model, load_checkpoint(b).model
     for k in a_model:
         assert torch.equal(a_model[k], b_model[k]), k
+    other = [str(a) for a in (*common, "--steps", "3", "--checkpoint", b, "--resume", "--probe-scale", "0.1")]
+    refused = succeeded(run_local(cli_rank, 2, other, tmp_path, timeout=90))
+    assert [code for code, _ in refused] == [2, 2]  # rank 0 read the other settings; every rank stops
 
 
 @pytest.mark.usefixtures("warm_cli")

@@ -126,6 +126,34 @@ def test_resume_after_a_crash_from_a_periodic_checkpoint(small_data, tmp_path):
     assert a.optimizer.lr == resumed.optimizer.lr
 
 
+@pytest.mark.parametrize("saved, given, hint", [
+    pytest.param({}, dict(probe_scale=0.05), "probe_scale=0.03, not 0.05", id="probe-scale"),
+    pytest.param({}, dict(batch=16), "batch=8, not 16", id="batch"),
+    pytest.param({}, dict(lr=0.2), "lr=0.15, not 0.2", id="lr-against-the-default"),
+    pytest.param(dict(algorithm="adaptive", vendors=(2,)), dict(algorithm="adaptive", vendors=(2,), rate_bounds=(0.5, 2)),
+                 "rate_bounds=None, not (0.5, 2)", id="rate-bounds"),
+    pytest.param(dict(schedule="cosine"), dict(schedule="cosine", steps=6), "over 1 steps, not 6 (--schedule-steps 1 continues it)",
+                 id="schedule-horizon"),
+])
+def test_resume_with_other_settings_is_refused_in_one_line(small_data, tmp_path, saved, given, hint):
+    """A checkpoint restores the optimizer's rates: a setting that differs would be overridden silently."""
+    ckpt = tmp_path / "run.safetensors"
+    Trainer(config(small_data, steps=1, checkpoint=str(ckpt), **saved)).run()
+    with pytest.raises(MarketplaceError) as info:
+        Trainer(config(small_data, checkpoint=str(ckpt), resume=True, **given))
+    message = str(info.value)
+    assert hint in message and "resume with the same settings" in message and "\n" not in message
+
+
+def test_resume_accepts_what_may_change_between_the_parts_of_a_run(small_data, tmp_path):
+    """More steps, other evaluations, the default lr spelled out: the same run, resumed."""
+    ckpt = tmp_path / "run.safetensors"
+    Trainer(config(small_data, steps=1, checkpoint=str(ckpt))).run()
+    resumed = Trainer(config(small_data, steps=2, lr=0.15, eval_every=5, eval_samples=100, checkpoint=str(ckpt),
+                             checkpoint_every=7, resume=True))
+    assert resumed.optimizer.steps == 1
+
+
 def test_resume_without_an_existing_checkpoint_starts_fresh(small_data, tmp_path):
     ckpt = tmp_path / "new.safetensors"
     t = Trainer(config(small_data, steps=1, checkpoint=str(ckpt), resume=True))

@@ -23,6 +23,7 @@ from ..errors import MarketplaceError
 from ..functional import path_losses
 from ..training import (CheckpointError, Hook, StepRate, TrainConfig, accuracy, batch_indices, build_market,
                         build_optimizer, leader_metrics, load_checkpoint, save_checkpoint)
+from ..training.checkpoint import check_resume
 from .check import check_same_weights
 from .collectives import Collectives
 from .data_axis import DataAxis, shard_bounds
@@ -87,6 +88,7 @@ class DistributedTrainer:
         if self.comm.rank == 0 and Path(path).exists():
             try:
                 ckpt = load_checkpoint(path)
+                check_resume(path, ckpt, self.config)
                 state = {"loaded": True, "model": ckpt.model, "optimizer": ckpt.optimizer,
                          "seconds": float(ckpt.meta.get("seconds", 0.0)),
                          "test_accuracy": ckpt.meta.get("test_accuracy")}

@@ -99,3 +99,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if k.startswith("optimizer.") and k.count(".") == 1:
             optimizer[k[len("optimizer."):]] = v
     return Checkpoint(model, optimizer, meta)
+
+
+def check_resume(path: str | os.PathLike, ckpt: Checkpoint, config) -> None:
+    """Refuse, in one line, to resume `config` (a TrainConfig) from a checkpoint trained with other settings."""
+    differences = config.resume_differences(ckpt.meta.get("config", {}))
+    if differences:
+        more = f" (and {len(differences) - 1} more: {'; '.join(differences[1:])})" if len(differences) > 1 else ""
+        raise CheckpointError(f"{path} was trained with {differences[0]}{more}: resume with the same settings")

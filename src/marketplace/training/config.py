@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -16,6 +17,14 @@ from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 # Defaults for the small CPU market (4x4x4, batch 128), from 400-step sweeps on MNIST (README,
 # "Choosing the rates"); the published 16-vendor setting is lr 0.1, probe scale 0.1.
 DEFAULT_LR = {"v1": 0.003, "v2": 0.15, "adaptive": 0.15}
+
+# What a resumed run must share with its checkpoint: the settings that shape the weights' path. The
+# others (--steps, --max-seconds, evaluation, logging, the device, where data and checkpoints live) may
+# change between the parts of one run; the lr schedule's horizon is checked too (resume_differences).
+RESUME_FIXED = ("dataset", "data", "model", "split", "norm", "seed", "algorithm", "vendors", "sampling",
+                "cheap_vendors", "batch", "lr", "decay", "probe_scale", "per_spec", "meta_lr", "rate_bounds",
+                "rate_smoothing", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup",
+                "min_lr", "probe_width", "attribution", "direction", "antithetic", "clip")
 
 
 @dataclass
@@ -77,6 +86,30 @@ class TrainConfig:
     def horizon(self) -> int | None:
         """The step at which the lr schedule ends: --schedule-steps, else --steps."""
         return self.schedule_steps if self.schedule_steps is not None else self.steps
+
+    def resume_differences(self, saved: dict) -> list[str]:
+        """How this run's settings differ from `saved`, a checkpoint's config: ["name=saved, not ours", ...].
+
+        A checkpoint restores the optimizer's state (its rates included), so a setting that differs would be
+        silently overridden or make the resumed run another run; settings an older checkpoint lacks pass.
+        """
+        plain = lambda v: json.loads(json.dumps(v))  # tuples as lists, as the checkpoint stores them
+        out = []
+        for name in RESUME_FIXED:
+            if name not in saved:
+                continue
+            mine, theirs = getattr(self, name), saved[name]
+            if name == "lr":  # None is the algorithm's default
+                mine = DEFAULT_LR[self.algorithm] if mine is None else mine
+                theirs = DEFAULT_LR.get(saved.get("algorithm", self.algorithm)) if theirs is None else theirs
+            if plain(mine) != plain(theirs):
+                out.append(f"{name}={theirs!r}, not {mine!r}")
+        if self.schedule != "constant" and saved.get("schedule") == self.schedule:
+            horizon = saved.get("schedule_steps") or saved.get("steps")
+            if horizon is not None and horizon != self.horizon():
+                out.append(f"a {self.schedule} schedule over {horizon} steps, not {self.horizon()} "
+                           f"(--schedule-steps {horizon} continues it)")
+        return out
 
     def validate(self) -> None:
         if self.dataset not in DATASET_NAMES:

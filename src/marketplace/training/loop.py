@@ -25,7 +25,7 @@ from ..norms import norm_layer
 from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizer, TorchMarketOptimizer
 from ..rng import derive_seeds
 from ..vendors import BATCH_STREAM, Vendors
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, check_resume, load_checkpoint, save_checkpoint
 from .cheap_vendors import market_vendors
 from .config import DEFAULT_LR, TrainConfig
 from .hooks import Hook, StepRate
@@ -183,11 +183,7 @@ class Trainer:
 
     def load(self, path: str) -> None:
         ckpt = load_checkpoint(path)
-        saved = ckpt.meta.get("config", {})
-        for name in ("dataset", "seed", "algorithm", "model", "data", "optimizer", "schedule"):
-            if name in saved and saved[name] != getattr(self.config, name):
-                raise CheckpointError(f"{path} was trained with {name}={saved[name]!r}, not "
-                                      f"{getattr(self.config, name)!r}: resume with the same {name}")
+        check_resume(path, ckpt, self.config)
         try:
             self.market.load_state_dict(ckpt.model)
         except RuntimeError as e:
