@@ -18,7 +18,7 @@ def test_a_missing_checkpoint_is_one_line(monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("args, hint", [
     (("--records", "1"), "--records"), (("--lr", "0"), "--lr"), (("--unit", "layer"), "--unit"),
     (("--max-request", "600"), "--max-request"), (("--batch-window-ms", "-1"), "--batch-window-ms"),
-    (("--classes", "5"), "narrow"),
+    (("--classes", "5"), "narrow"), (("--keep-served", "0"), "--keep-served"),
 ])
 def test_bad_options_are_one_line(monkeypatch, capsys, tmp_path, checkpoint, args, hint):
     assert_user_error(*run_cli(monkeypatch, capsys, "serve", checkpoint, "--token", "t", "--store", tmp_path / "s",

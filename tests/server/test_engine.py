@@ -60,6 +60,40 @@ def test_late_feedback_is_stored_and_counted_stale_never_learned(tmp_path):
     assert e.store.counts()["feedback"] == 7
 
 
+def test_a_label_whose_row_was_pruned_is_acknowledged_stale_and_replays_the_same(tmp_path):
+    """The update forgets the rows of the step it superseded; their labels still count, as stale, once."""
+    e = engine(tmp_path)
+    late = e.predict(torch.randn(2, 6))
+    stream(e, 2)  # 6 records: one update, which prunes step 0's rows
+    assert e.step == 1 and e.store.served(late.ids) == {}
+    with pytest.raises(RequestError) as info:
+        e.feedback(late.ids[:1], [3])  # the label is still checked
+    assert info.value.status == 422
+    fresh = e.predict(torch.randn(1, 6))
+    answer = e.feedback([late.ids[0], fresh.ids[0]], [1, 2])
+    assert answer == {"stored": 2, "recorded": 1, "stale": 1, "updates": 0, "step": 1}
+    with pytest.raises(RequestError) as info:
+        e.feedback(late.ids[:1], [1])
+    assert info.value.status == 409
+    with pytest.raises(RequestError) as info:
+        e.feedback([e.store.next_id], [1])
+    assert info.value.status == 404
+    before = (weights(e.market).clone(), e.step, dict(e.learner.stats), e.learner.buffered)
+    del e  # a crash: replay counts the pruned label stale again
+    again = engine(tmp_path)
+    assert torch.equal(weights(again.market), before[0])
+    assert (again.step, dict(again.learner.stats), again.learner.buffered) == before[1:]
+
+
+def test_unlabelled_requests_are_kept_up_to_keep_served(tmp_path):
+    e = engine(tmp_path, keep_served=8)
+    first = e.predict(torch.randn(1, 6))
+    for _ in range(20):
+        e.predict(torch.randn(1, 6))
+    assert e.store.kept <= 9 and e.learner.stats["served"] == 21  # 8 and an eighth of 8 between prunes
+    assert e.feedback(first.ids, [0])["stale"] == 1
+
+
 @pytest.mark.parametrize("checkpoint_after", [None, 2])
 def test_a_crash_loses_nothing_acknowledged_and_replays_to_the_same_state(tmp_path, checkpoint_after):
     """Kill (no close), reopen the same store: the same weights, step, seeds and counters."""

@@ -15,7 +15,7 @@ def test_served_rows_keep_step_path_and_logits_and_ids_continue_after_reopen(tmp
     store.close()
     again = Store(tmp_path / "s.sqlite3")  # what a restarted server sees
     assert again.add_served(6, paths[:1], logits[:1]) == [3]
-    assert again.served_after(1) == 2
+    assert again.next_id == 4
 
 
 def test_records_come_back_in_the_order_they_were_acknowledged_and_feedback_is_unique(tmp_path):
@@ -51,3 +51,19 @@ def test_base_logits_are_kept_and_a_store_without_their_column_gains_it(tmp_path
     assert store.add_served(1, paths, logits, base) == [1]
     rows = store.served([0, 1])
     assert rows[0].base is None and torch.equal(rows[1].base, base[0]) and torch.equal(rows[1].logits, logits[0])
+
+
+def test_pruning_forgets_superseded_steps_and_the_oldest_rows_and_ids_never_repeat(tmp_path):
+    store = Store(tmp_path / "s.sqlite3")
+    store.add_served(0, torch.zeros(3, 2, dtype=torch.int64), torch.randn(3, 4))
+    store.add_served(1, torch.zeros(2, 2, dtype=torch.int64), torch.randn(2, 4))
+    assert store.prune_served(step=1, keep=10) == 3  # step 0 is superseded
+    assert set(store.served(range(5))) == {3, 4} and store.pruned_through == 2 and store.kept == 2
+    assert store.prune_served(step=2, keep=10) == 2  # nothing served at step 2 yet: every row is superseded
+    assert store.prune_served(step=2, keep=10) == 0
+    store.close()
+    again = Store(tmp_path / "s.sqlite3")
+    assert (again.next_id, again.pruned_through, again.classes, again.counts()["served"]) == (5, 4, 4, 0)
+    assert again.add_served(2, torch.zeros(5, 2, dtype=torch.int64), torch.randn(5, 4)) == [5, 6, 7, 8, 9]
+    assert again.prune_served(step=2, keep=2) == 3  # the current step, but beyond the limit: the oldest go
+    assert set(again.served(range(10))) == {8, 9}

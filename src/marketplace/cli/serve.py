@@ -23,6 +23,8 @@ def serve(
     classes: Optional[int] = typer.Option(None, help="widen the head to this many classes (a new class)"),
     store: str = typer.Option("runs/server", help="directory of the SQLite store and the learner checkpoint"),
     checkpoint_every: int = typer.Option(10, help="updates between learner checkpoints (also on SIGTERM)"),
+    keep_served: int = typer.Option(1_000_000, help="served requests kept for their labels (those of superseded "
+                                    "steps are forgotten anyway); a label for an older one counts stale"),
     learning: bool = typer.Option(True, help="--no-learning: plain inference with the base weights"),
     baseline: bool = typer.Option(False, help="answer with the base weights; learn from each path's loss minus "
                                   "theirs (one more forward per batch)"),
@@ -50,7 +52,7 @@ def serve(
     secret, made_up = resolve_token(token)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
                           learning=learning, baseline=baseline, balanced=balanced, store=store,
-                          checkpoint_every=checkpoint_every, max_batch=max_batch,
+                          checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, protect_predict=protect_predict, device=device)
     engine = engine_from_checkpoint(checkpoint, config)

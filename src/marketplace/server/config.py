@@ -24,7 +24,9 @@ class ServerConfig:
     still uniform), so the grouped forward needs no padding; False draws
     each request's path independently, as section 7 does. store: the directory of
     the SQLite store and the learner checkpoint. checkpoint_every: updates
-    between learner checkpoints (also written on shutdown). max_batch /
+    between learner checkpoints (also written on shutdown). keep_served:
+    served requests kept for their labels, besides those of superseded
+    steps, which are always forgotten; a label for an older one counts stale. max_batch /
     batch_window_ms: the micro-batcher's limits. max_request: inputs in one
     predict request; max_records: records in one feedback or report;
     max_body: bytes in one request body.
@@ -42,6 +44,7 @@ class ServerConfig:
     balanced: bool = True
     store: str = "runs/server"
     checkpoint_every: int = 10
+    keep_served: int = 1_000_000
     max_batch: int = 512
     batch_window_ms: float = 2.0
     max_request: int = 512
@@ -60,7 +63,7 @@ class ServerConfig:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
         if self.unit not in ("spec", "model"):
             raise MarketplaceError(f"--unit must be 'spec' or 'model', got {self.unit!r}")
-        for name in ("checkpoint_every", "max_batch", "max_request", "max_records", "max_body"):
+        for name in ("checkpoint_every", "keep_served", "max_batch", "max_request", "max_records", "max_body"):
             if getattr(self, name) < 1:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.batch_window_ms <= 1000:

@@ -116,11 +116,16 @@ class Engine:
 
     def _replay(self) -> None:
         """Feed the records acknowledged after the checkpoint to the learner, in the order they came."""
-        self.learner.stats["served"] += self.store.served_after(self.last_served_id)
+        self.learner.stats["served"] += self.store.next_id - 1 - self.last_served_id  # ids are consecutive
         self.last_served_id = self.store.next_id - 1
         records = list(self.store.records_after(self.applied_seq))
         self._apply(records)
         self.replayed = len(records)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget served rows whose labels can no longer be learned from (superseded, or beyond --keep-served)."""
+        self.store.prune_served(self.step, self.config.keep_served)
 
     def _apply(self, records: list[Record]) -> tuple[int, int]:
         """Hand records to the learner in order, one call per run of equal steps; returns (recorded, stale)."""
@@ -151,6 +156,8 @@ class Engine:
             base = out.logits if self.config.baseline else None
             ids = self.store.add_served(out.step, out.paths, out.probe_logits, base)
             self.last_served_id = ids[-1] if ids else self.last_served_id
+            if self.store.kept > self.config.keep_served * 9 // 8:  # in steps of 1/8 of the limit
+                self._prune()
             return Predictions(out.logits, out.paths, ids, out.step)
 
     def feedback(self, ids: list[int], labels: list[int]) -> dict[str, int]:
@@ -160,21 +167,28 @@ class Engine:
             if len(set(ids)) != len(ids):
                 raise RequestError("feedback repeats a request id", 409)
             rows = self.store.served(ids)
-            unknown = [i for i in ids if i not in rows]
+            unknown = [i for i in ids if i not in rows and not 0 <= i <= self.store.pruned_through]
             if unknown:
                 raise RequestError(f"{len(unknown)} unknown request ids (never served here): {unknown[:5]}", 404)
             done = sorted(self.store.labelled(ids))
             if done:
                 raise RequestError(f"{len(done)} requests already have feedback: {done[:5]}", 409)
-            classes = rows[ids[0]].logits.numel()
+            classes = self.store.classes
             bad = [y for y in labels if not 0 <= y < classes]
             if bad:
                 raise RequestError(f"labels must lie in [0, {classes}), got {bad[:5]}")
-            logits = torch.stack([rows[i].logits for i in ids])
-            base = torch.stack([rows[i].base for i in ids]) if self.config.baseline else None
-            losses = self.learner.losses(logits, torch.tensor(labels, dtype=torch.int64), base)
-            steps = [rows[i].step for i in ids]
-            paths = torch.stack([rows[i].path for i in ids])
+            live = [k for k, i in enumerate(ids) if i in rows]
+            # a row pruned since: stored with step -1 and path 0 (its loss unused), so it counts stale, live or replayed
+            steps, losses = [-1] * len(ids), torch.zeros(len(ids))
+            paths = torch.zeros(len(ids), self.market.depth, dtype=torch.int64)
+            if live:
+                kept = [rows[ids[k]] for k in live]
+                base = torch.stack([r.base for r in kept]) if self.config.baseline else None
+                losses[live] = self.learner.losses(torch.stack([r.logits for r in kept]),
+                                                   torch.tensor([labels[k] for k in live], dtype=torch.int64), base)
+                paths[live] = torch.stack([r.path for r in kept])
+                for k, r in zip(live, kept):
+                    steps[k] = r.step
             seqs = self.store.add_records("feedback", steps, paths, losses, ids, labels)
             return self._learn(seqs, steps, paths, losses)
 
@@ -208,6 +222,8 @@ class Engine:
         updates, every = self.learner.stats["updates"] - before, self.config.checkpoint_every
         if updates and self.learner.stats["updates"] // every != before // every:
             self.checkpoint()
+        if updates:
+            self._prune()
         return {"stored": len(seqs), "recorded": recorded, "stale": stale, "updates": updates, "step": self.step}
 
     def _require_learning(self) -> None:

@@ -10,6 +10,12 @@ last `seq` it had applied, so recovery replays exactly the records after it.
 Records are committed with `synchronous=FULL` (an acknowledged record
 survives a power cut); served rows with `synchronous=NORMAL` (they survive
 a killed process, and the next FULL commit makes them durable too).
+
+Served rows are pruned once their label can no longer be learned from
+(`prune_served`): rows of superseded steps, and the oldest beyond a limit.
+Ids are handed out in order and a prune deletes a prefix of them, so every
+id up to `pruned_through` was served here and its row is gone: a label for
+it is acknowledged as stale, never mistaken for an unknown id.
 """
 
 from __future__ import annotations
@@ -72,7 +78,19 @@ class Store:
         self.db.executescript(_SCHEMA)
         if "base" not in {row[1] for row in self.db.execute("PRAGMA table_info(served)")}:  # a 0.2.0 store
             self.db.execute("ALTER TABLE served ADD COLUMN base BLOB")
-        self._next_id = int(self.db.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM served").fetchone()[0])
+        pruned = self.get_meta("served_pruned_through")
+        self._pruned_through = int(pruned) if pruned is not None else -1
+        last = self.db.execute("SELECT id, step FROM served ORDER BY id DESC LIMIT 1").fetchone()
+        # ids never repeat, even when every row was pruned
+        self._next_id = max(last[0] if last else -1, self._pruned_through) + 1
+        # (the newest step served, its first id): steps only grow with ids, so older steps are a prefix
+        self._newest = (last[1], int(self.db.execute("SELECT MIN(id) FROM served WHERE step = ?",
+                                                    (last[1],)).fetchone()[0])) if last else (-1, self._next_id)
+        classes = self.get_meta("classes")
+        if classes is None:  # a store from before pruning: its rows say
+            row = self.db.execute("SELECT length(logits) / 4 FROM served LIMIT 1").fetchone()
+            classes = row[0] if row else None
+        self._classes = None if classes is None else int(classes)
 
     def close(self) -> None:
         self.db.close()
@@ -93,6 +111,21 @@ class Store:
     def next_id(self) -> int:
         return self._next_id
 
+    @property
+    def pruned_through(self) -> int:
+        """Every request id up to this one was served here and its row deleted since (-1: none)."""
+        return self._pruned_through
+
+    @property
+    def kept(self) -> int:
+        """Served rows in the table."""
+        return self._next_id - 1 - self._pruned_through
+
+    @property
+    def classes(self) -> int | None:
+        """Logits per served request (None before the first), remembered for labels whose row is gone."""
+        return self._classes
+
     def add_served(self, step: int, paths: torch.Tensor, logits: torch.Tensor,
                    base: torch.Tensor | None = None) -> list[int]:
         """Store a served batch (paths [B, N], logits [B, C], base [B, C] or None); returns its request ids."""
@@ -105,8 +138,31 @@ class Store:
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO served VALUES (?, ?, ?, ?, ?)", rows)
+            if self._classes is None and ids:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('classes', ?)", (str(logits.shape[1]),))
+        if self._classes is None and ids:
+            self._classes = int(logits.shape[1])
+        if ids and step > self._newest[0]:
+            self._newest = (step, ids[0])
         self._next_id += len(ids)
         return ids
+
+    def prune_served(self, step: int, keep: int) -> int:
+        """Delete the rows served before `step` (their labels can only be stale) and all but the newest `keep`.
+
+        One transaction deletes a prefix of the ids and records where it ends; returns the rows deleted.
+        """
+        below = self._newest[1] if self._newest[0] >= step else self._next_id
+        below = min(self._next_id, max(below, self._next_id - keep))
+        if below - 1 <= self._pruned_through:
+            return 0
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            deleted = self.db.execute("DELETE FROM served WHERE id < ?", (below,)).rowcount
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('served_pruned_through', ?)", (str(below - 1),))
+        self._pruned_through = below - 1
+        return deleted
 
     def served(self, ids: Sequence[int]) -> dict[int, ServedRow]:
         """The stored requests among `ids` (missing ones are absent from the answer)."""
@@ -118,10 +174,6 @@ class Store:
                     f"SELECT id, step, path, logits, base FROM served WHERE id IN ({marks})", part):
                 found[rid] = ServedRow(step, _path(path), _floats(logits), None if base is None else _floats(base))
         return found
-
-    def served_after(self, last_id: int) -> int:
-        """How many requests were served after id `last_id`."""
-        return int(self.db.execute("SELECT COUNT(*) FROM served WHERE id > ?", (last_id,)).fetchone()[0])
 
     # -- records -------------------------------------------------------------
 
