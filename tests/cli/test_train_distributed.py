@@ -145,3 +145,20 @@ def test_train_distributed_mistakes_are_one_line(small_data, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert err.strip().startswith("error:") and hint in err, err
+
+
+@pytest.mark.usefixtures("warm_cli")
+def test_the_data_axis_drives_a_torch_optimizer_and_schedule_like_one_process(small_data, tmp_path):
+    """--optimizer/--schedule on the data axis: the ranks' summed losses feed the same torch.optim step."""
+    options = dict(optimizer="momentum", nesterov=True, schedule="cosine", clip=1.0)
+    reference = Trainer(TrainConfig(vendors=(2, 2, 2), batch=8, steps=3, eval_samples=200, device="cpu",
+                                    data_dir=str(small_data), checkpoint=str(tmp_path / "single.safetensors"),
+                                    **options))
+    reference.run()
+    ckpt = tmp_path / "dist.safetensors"
+    run_cli_ranks(2, ["train-distributed", "--axis", "data", *TINY, "--steps", "3", "--data-dir", small_data,
+                      "--optimizer", "momentum", "--nesterov", "--schedule", "cosine", "--clip", "1.0",
+                      "--checkpoint", ckpt], tmp_path)
+    assert_close(load_checkpoint(ckpt).model, load_checkpoint(tmp_path / "single.safetensors").model)
+    saved = load_checkpoint(ckpt).optimizer
+    assert saved["algorithm"] == load_checkpoint(tmp_path / "single.safetensors").optimizer["algorithm"]
