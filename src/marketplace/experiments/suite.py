@@ -62,7 +62,7 @@ FULL = Size("full", (8, 16), 512,
             ("vmap", "grouped", "wide", "vmap/fp32", "grouped/fp32", "wide/fp32", "wide/fp16", "wide/nocl",
              "wide/regen"),
             ("wide/compile", "wide/compile=reduce-overhead", "wide/compile=max-autotune"),
-            10, 8, 2000, 500, 16, 2000, 20_000, 100_000, (512, 4096))
+            10, 8, 2000, 500, 16, 2000, 20_000, 100_000, (256, 512, 4096))
 TINY = Size("tiny", (2,), 2, ("vmap", "grouped", "wide"), (), 1, 2, 4, 2, 3, 2, 2, 0, (8,), eval_samples=100,
             warmup=0, goal_accuracy=0.0, goal_s=0.0, goal_eval_every=2)
 SIZES = {"full": FULL, "tiny": TINY}
