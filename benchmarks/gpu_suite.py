@@ -29,7 +29,7 @@ from marketplace.machine import resolve_device  # noqa: E402
 
 PARTS = ("cuda_tests", "step_speed", "v2_train", "v2_default", "backprop", "serving", "philox", "continual_dress",
          "v2_pretrain_no9", "continual_nine", "v2_default_cosine", "v2_train_wide", "step_speed_compiled",
-         "continual_dress_long")
+         "v2_sweep", "continual_dress_long")
 
 
 def main(argv=None) -> dict:

@@ -15,7 +15,7 @@ def test_tiny_suite_runs_every_part_and_leaves_json(small_data, tmp_path):
     assert parts["cuda_tests"]["status"] == "skipped"
     assert {n: p["status"] for n, p in parts.items() if n != "cuda_tests"} == {
         n: "ok" for n in ("step_speed", "v2_train", "v2_default", "backprop", "serving", "philox", "continual_dress",
-                          "v2_pretrain_no9", "continual_nine", "v2_default_cosine", "v2_train_wide")}
+                          "v2_pretrain_no9", "continual_nine", "v2_default_cosine", "v2_train_wide", "v2_sweep")}
     assert sorted(parts["v2_train"]["test_accuracy_at"]) == [TINY.eval_every, TINY.train_steps]
     default = parts["v2_default"]  # the CLI's defaults: cheap vendors on the head, lr 0.15, probe scale 0.03
     head = int(default["market"].split("x")[-1])
@@ -23,6 +23,8 @@ def test_tiny_suite_runs_every_part_and_leaves_json(small_data, tmp_path):
     assert default["settings"]["lr"] == 0.15 and default["steps"] == TINY.train_steps
     assert default["goal"]["reached"]["step"] == TINY.goal_eval_every  # the tiny goal (0%) is met at the first test
     assert parts["v2_default_cosine"]["schedule"] == "cosine"
+    assert sorted(parts["v2_sweep"]["runs"]) == ["lr 0.3 constant", "lr 0.3 cosine"]
+    assert all(run["steps"] == TINY.train_steps for run in parts["v2_sweep"]["runs"].values())
     variants = [r["variant"] for r in parts["step_speed"]["rows"] if r["name"] == "market V2 step"]
     assert variants == list(TINY.variants)
     saved = json.loads((out / "gpu_suite.json").read_text())

@@ -56,6 +56,7 @@ class Size:
     goal_accuracy: float = 98.0  # the default trainer's run: the time to this test accuracy ...
     goal_s: float = 60.0  # ... within this much training, past train_steps if the step is fast
     goal_eval_every: int = 100  # its evaluations (all eval_samples test images)
+    sweep_lrs: tuple[float, ...] = (0.1, 0.3)  # the default trainer's rate at this scale, beside lr 0.15
 
 
 FULL = Size("full", (8, 16), 512,
@@ -64,7 +65,7 @@ FULL = Size("full", (8, 16), 512,
             ("wide/compile", "wide/compile=reduce-overhead", "wide/compile=max-autotune"),
             10, 8, 2000, 500, 16, 2000, 20_000, 100_000, (256, 512, 4096))
 TINY = Size("tiny", (2,), 2, ("vmap", "grouped", "wide"), (), 1, 2, 4, 2, 3, 2, 2, 0, (8,), eval_samples=100,
-            warmup=0, goal_accuracy=0.0, goal_s=0.0, goal_eval_every=2)
+            warmup=0, goal_accuracy=0.0, goal_s=0.0, goal_eval_every=2, sweep_lrs=(0.3,))
 SIZES = {"full": FULL, "tiny": TINY}
 
 
@@ -258,6 +259,8 @@ def run_suite(suite: Suite, work: Path) -> dict:
                lambda: suite.train_v2(s.wide_vendors, work / f"v2_{s.wide_vendors}.safetensors"))
     if s.compiled:
         suite.part("step_speed_compiled", 120, lambda: suite.step_speed(s.compiled, False, False))
+    suite.part("v2_sweep", 2 * len(s.sweep_lrs) * (s.train_steps * step_s * 1.1 + 10),
+               lambda: suite.sweep_default(s.train_vendors, step_s))
     if s.continual_long and _ok(suite, "continual_dress"):
         suite.part("continual_dress_long", s.continual_long * 0.004 + 30,
                    lambda: suite.continual("dress", digits, s.continual_long, suite.left()))

@@ -27,6 +27,10 @@ def _headline(name: str, r: dict) -> str:
                 best[row["vendors"]] = row
         return "; ".join(f"{m} vendors: fastest {b['variant']} {b['ms']:.2f} ms ({b['ms'] / ORIGINAL_MS:.2f}x of 88 ms)"
                          for m, b in best.items())
+    if name == "v2_sweep":
+        return f"{r['market']}: " + "; ".join(
+            f"{k} {v['test_accuracy_at'][max(v['test_accuracy_at'], key=int)]:.2f}% at {v['steps']}"
+            if isinstance(v, dict) else f"{k} {v}" for k, v in r["runs"].items())
     if name.startswith("v2_"):
         acc = ", ".join(f"{k}: {v:.2f}%" for k, v in sorted(r["test_accuracy_at"].items(), key=lambda kv: int(kv[0])))
         head = f"{r['market']} {r['steps']} steps, {r['ms_per_step']:.1f} ms/step; test {acc}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from ..training.config import DEFAULT_LR
 
@@ -40,14 +41,16 @@ class TrainingParts:
                 "ms_per_step": 1e3 * summary["seconds"] / max(1, summary["steps"]),
                 "reference_8x8x8": {"500": 92.85, "1000": 95.09, "2000": 96.10}}
 
-    def train_default(self, vendors: int, schedule: str, step_s: float) -> dict:
+    def train_default(self, vendors: int, schedule: str, step_s: float, lr: float | None = None,
+                      extend: bool = True) -> dict:
         """Issue 11's row: `marketplace train`'s defaults at --vendors m,m,m --batch 512, and the time to 98%.
 
         The defaults: --cheap-vendors 0.05 (8,8,8 trains 8x8x32), lr 0.15, probe scale 0.03, decay 1e-5.
         A constant rate runs on past train_steps while the training clock stays under goal_s (estimated from
         `step_s`, the measured seconds a step), so one run gives the accuracy at 2,000 steps, which is the same
         as a 2,000-step run's (batches and vendors are pure functions of the step), and the time to 98%. A
-        schedule's horizon is train_steps. wall_s counts from before the data is loaded.
+        schedule's horizon is train_steps. wall_s counts from before the data is loaded. `lr` replaces the
+        default rate and `extend=False` stops at train_steps (the rate sweep).
         """
         from ..training import Hook, TrainConfig, train
 
@@ -64,9 +67,9 @@ class TrainingParts:
                                        wall_s=round(time.perf_counter() - t0, 2))
 
         steps = s.train_steps
-        if schedule == "constant":
+        if schedule == "constant" and extend:
             steps = max(steps, min(20 * steps, int(s.goal_s / max(step_s, 1e-4))))
-        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, cheap_vendors=0.05, batch=s.batch,
+        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, cheap_vendors=0.05, batch=s.batch, lr=lr,
                              schedule=schedule, schedule_steps=s.train_steps if schedule != "constant" else None,
                              steps=steps, max_seconds=max(5.0, self.left() - 5.0), eval_every=s.goal_eval_every,
                              eval_samples=s.eval_samples, log_every=s.goal_eval_every, device=str(self.device),
@@ -84,6 +87,29 @@ class TrainingParts:
                 "seconds_training": summary["seconds"], "wall_s": round(time.perf_counter() - t0, 1),
                 "ms_per_step": 1e3 * summary["seconds"] / max(1, summary["steps"]),
                 "target_at_2000": 97.5}
+
+    def sweep_default(self, vendors: int, step_s: float) -> dict:
+        """The default trainer's rate at this scale: the lrs of `size.sweep_lrs`, constant and cosine, train_steps each.
+
+        The defaults were tuned at 4x4x4, batch 128 (README, "Choosing the rates"); 8x8x32 at batch 512 has a
+        better direction and may take a longer step. Each run is recorded as it ends.
+        """
+        out: dict[str, Any] = {"market": None, "batch": self.size.batch, "runs": {}}
+        for lr in self.size.sweep_lrs:
+            for schedule in ("constant", "cosine"):
+                if self.left() < self.size.train_steps * step_s * 1.1 + 10:
+                    out["runs"][f"lr {lr:g} {schedule}"] = "skipped: budget spent"
+                    continue
+                try:
+                    run = self.train_default(vendors, schedule, step_s, lr=lr, extend=False)
+                except Exception as e:  # noqa: BLE001 - one failed run must not cost the others their figures
+                    out["runs"][f"lr {lr:g} {schedule}"] = f"error: {type(e).__name__}: {str(e).strip()[:200]}"
+                    continue
+                out["market"] = run["market"]
+                out["runs"][f"lr {lr:g} {schedule}"] = {k: run[k] for k in ("test_accuracy_at", "steps", "ms_per_step")}
+                self.results["parts"]["v2_sweep"] = {"status": "running", **out}
+                self.write()
+        return out
 
     def backprop(self) -> dict:
         from ..experiments.baselines import BackpropConfig, train_backprop
