@@ -187,3 +187,10 @@ def test_python_m_marketplace_help(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout and "evaluate" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_version_matches_the_installed_distribution(monkeypatch, capsys):
+    from importlib.metadata import version
+
+    code, out, _ = run_cli(monkeypatch, capsys, "--version")
+    assert code == 0 and out.strip() == f"marketplace {version('marketplace-ml')}"

@@ -15,6 +15,20 @@ from ..errors import MarketplaceError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Train neural networks with forward passes only (the Marketplace algorithm).")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"marketplace {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")) -> None:
+    """Train neural networks with forward passes only (the Marketplace algorithm)."""
+
 # Each module adds its commands to `app` when imported; the order is the order of `--help`.
 from . import train, bench, experiment, continual, distributed, serve, align  # noqa: E402,F401  isort: skip
 

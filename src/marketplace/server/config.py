@@ -25,9 +25,9 @@ class ServerConfig:
     each request's path independently, as section 7 does. store: the directory of
     the SQLite store and the learner checkpoint. checkpoint_every: updates
     between learner checkpoints (also written on shutdown). keep_served:
-    served requests kept for their labels, besides those of superseded
-    steps, which are always forgotten; a label for an older one counts stale. max_batch /
-    batch_window_ms: the micro-batcher's limits. max_request: inputs in one
+    the newest served requests kept for their labels (those of superseded
+    steps are forgotten anyway); a label for a forgotten one counts stale.
+    max_batch / batch_window_ms: the micro-batcher's limits. max_request: inputs in one
     predict request; max_records: records in one feedback or report;
     max_body: bytes in one request body.
     protect_predict: require the token on predict too.
