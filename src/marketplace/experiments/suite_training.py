@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..training.config import DEFAULT_LR
+from ..defaults import CLI_CHEAP_VENDORS, DEFAULT_LR
 
 
 class TrainingParts:
@@ -45,7 +45,7 @@ class TrainingParts:
                       extend: bool = True) -> dict:
         """Issue 11's row: `marketplace train`'s defaults at --vendors m,m,m --batch 512, and the time to 98%.
 
-        The defaults: --cheap-vendors 0.05 (8,8,8 trains 8x8x32), lr 0.15, probe scale 0.03, decay 1e-5.
+        The defaults: --cheap-vendors (CLI_CHEAP_VENDORS), lr 0.15, probe scale 0.03, decay 1e-5.
         A constant rate runs on past train_steps while the training clock stays under goal_s (estimated from
         `step_s`, the measured seconds a step), so one run gives the accuracy at 2,000 steps, which is the same
         as a 2,000-step run's (batches and vendors are pure functions of the step), and the time to 98%. A
@@ -69,7 +69,7 @@ class TrainingParts:
         steps = s.train_steps
         if schedule == "constant" and extend:
             steps = max(steps, min(20 * steps, int(s.goal_s / max(step_s, 1e-4))))
-        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, cheap_vendors=0.05, batch=s.batch, lr=lr,
+        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, cheap_vendors=CLI_CHEAP_VENDORS, batch=s.batch, lr=lr,
                              schedule=schedule, schedule_steps=s.train_steps if schedule != "constant" else None,
                              steps=steps, max_seconds=max(5.0, self.left() - 5.0), eval_every=s.goal_eval_every,
                              eval_samples=s.eval_samples, log_every=s.goal_eval_every, device=str(self.device),

@@ -7,16 +7,13 @@ import math
 from dataclasses import dataclass
 
 from ..data import DATASET_NAMES
+from ..defaults import DEFAULT_LR
 from ..errors import MarketplaceError
 from ..norms import NORM_NAMES
 from ..functional import ATTRIBUTIONS
 from ..optim import OPTIMIZERS
 from ..optim.estimator import DIRECTIONS
 from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
-
-# Defaults for the small CPU market (4x4x4, batch 128), from 400-step sweeps on MNIST (README,
-# "Choosing the rates"); the published 16-vendor setting is lr 0.1, probe scale 0.1.
-DEFAULT_LR = {"v1": 0.003, "v2": 0.15, "adaptive": 0.15}
 
 # What a resumed run must share with its checkpoint: the settings that shape the weights' path. The
 # others (--steps, --max-seconds, evaluation, logging, the device, where data and checkpoints live) may
