@@ -3,17 +3,18 @@
     uv run --extra peer python benchmarks/peer.py --tune --seconds 60    # short tuning runs of PGPE (validation split)
     uv run --extra peer python benchmarks/peer.py --tune --seconds 100 --settings "16,0.3,0.01,32;8,0.3,0.01,32" \
         --out benchmarks/results/peer_tuning2_cpu.json                   # a second round around the best
-    uv run --extra peer python benchmarks/peer.py --seconds 300 --pgpe 16,0.15,0.01,32   # the comparison: peer_cpu.*
+    uv run --extra peer python benchmarks/peer.py --seconds 600 --threads 1 --pgpe 16,0.3,0.02,32   # peer_cpu.*
 
 The peer is what a researcher would pick instead of the market: PGPE
 (Sehnke et al. 2010) with the ClipUp optimizer (Toklu et al. 2020), from
 EvoTorch (NNAISENSE), on the beautiful-MNIST CNN as one vector of all its
 parameters, its population evaluated in one batched computation (vmap over
 `functional_call`, as the market evaluates its vendors). Our side: V2 with
-the CLI defaults (`--vendors 4,4,4` with `--cheap-vendors 0.05`, which
-trains 4x4x32: 32 vendors on the cheap last spec; batch 128, lr 0.15, probe
-scale 0.03) and V2 with the published rates (lr 0.1, probe scale 0.1) on a
-4x4x4 market.
+the CLI defaults (`--vendors 4,4,4` with `--cheap-vendors 0.1`, which
+trains 4x4x64: 64 vendors on the cheap last spec; batch 128, lr 0.15, probe
+scale 0.03; until 2026-11-23 `--cheap-vendors 0.05`, 4x4x32, which
+peer_4x4x32_cpu.* ran) and V2 with the published rates (lr 0.1, probe
+scale 0.1) on a 4x4x4 market.
 
 Fairness on a shared machine: the methods run in one process, interleaved
 step by step (the one with the least training time so far goes next), so
@@ -245,7 +246,7 @@ def main(argv=None) -> dict:
             setting = (best["popsize"], best["max_speed"], best["stdev_init"], best["batch"])
         else:
             setting = TUNING[0]
-        methods = [MarketMethod("V2 4x4x32 (CLI defaults)", args.seed, vendors=(4, 4, 32)),
+        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64)),
                    MarketMethod("V2 4x4x4 (published rates)", args.seed, lr=0.1, probe_scale=0.1),
                    pgpe(setting, args.seed)]
         out = Path(args.out) if args.out else RESULTS / "peer_cpu.json"
@@ -272,7 +273,7 @@ def markdown(report: dict) -> str:
         f"# {'Tuning PGPE + ClipUp' if report['tuning'] else 'V2 beside PGPE + ClipUp'} at equal wall time",
         "",
         f"{report['machine']}; {report['date']}. Load average {report['load_average_before'][0]} "
-        f"before, {report['load_average_after'][0]} after (2 cores; other jobs ran alongside). "
+        f"before, {report['load_average_after'][0]} after, on {os.cpu_count()} cores (every method shares the same load). "
         f"The methods ran interleaved in one process, {report['seconds_per_method']:.0f} s of training each "
         f"(evaluations not counted), seed {report['seed']}; accuracy of the final "
         f"weights (PGPE: the center) on {report['evaluated_on']}.",

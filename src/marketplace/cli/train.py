@@ -27,7 +27,7 @@ def train(
     meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
     rate_bounds: Optional[str] = typer.Option(None, help="adaptive: LO,HI keeps the rate within [LO, HI] x --lr (e.g. 0.5,2)"),
     rate_smoothing: float = typer.Option(0.0, help="adaptive: keep an EMA of the chosen rates with this beta (0 = the chosen rate)"),
-    cheap_vendors: float = typer.Option(CLI_CHEAP_VENDORS, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much (0.05 = 5%: 4,4,4 trains 4x4x32; 0 = exactly --vendors)"),
+    cheap_vendors: float = typer.Option(CLI_CHEAP_VENDORS, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much (0.1 = 10%: 4,4,4 trains 4x4x64; 0 = exactly --vendors)"),
     optimizer: str = typer.Option("sgd", help="v2: the torch.optim optimizer on the estimate: sgd (= V2), momentum, adam or adamw"),
     momentum: float = typer.Option(0.9, help="momentum: the momentum factor"),
     nesterov: bool = typer.Option(False, help="momentum: Nesterov's variant"),

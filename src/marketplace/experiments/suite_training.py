@@ -91,7 +91,7 @@ class TrainingParts:
     def sweep_default(self, vendors: int, step_s: float) -> dict:
         """The default trainer's rate at this scale: the lrs of `size.sweep_lrs`, constant and cosine, train_steps each.
 
-        The defaults were tuned at 4x4x4, batch 128 (README, "Choosing the rates"); 8x8x32 at batch 512 has a
+        The defaults were tuned at 4x4x4, batch 128 (README, "Choosing the rates"); 8x8x64 at batch 512 has a
         better direction and may take a longer step. Each run is recorded as it ends.
         """
         out: dict[str, Any] = {"market": None, "batch": self.size.batch, "runs": {}}
