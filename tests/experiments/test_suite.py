@@ -59,7 +59,7 @@ def test_the_script_refuses_unknown_parts(capsys):
 
 
 def test_the_cuda_tests_collect_without_the_packages_the_gpu_machine_lacks(tmp_path):
-    """The GPU machine has no FastAPI, httpx, MLflow or platformdirs: a test module with CUDA tests must not need them."""
+    """The GPU machine has no FastAPI, httpx, MLflow or platformdirs: a module with CUDA tests must not need them."""
     import os
     import subprocess
     import sys
@@ -77,7 +77,7 @@ def test_the_cuda_tests_collect_without_the_packages_the_gpu_machine_lacks(tmp_p
         "            raise ImportError('not on the GPU machine: ' + name)\n"
         "sys.meta_path.insert(0, Refuse())\n")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root / 'src'}"}
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                          *modules], capture_output=True, text=True, cwd=root, env=env, timeout=120)
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda", "-p", "no:cacheprovider", *modules]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=root, env=env, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "error" not in out.stdout.lower()

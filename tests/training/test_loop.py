@@ -130,10 +130,11 @@ def test_resume_after_a_crash_from_a_periodic_checkpoint(small_data, tmp_path):
     pytest.param({}, dict(probe_scale=0.05), "probe_scale=0.03, not 0.05", id="probe-scale"),
     pytest.param({}, dict(batch=16), "batch=8, not 16", id="batch"),
     pytest.param({}, dict(lr=0.2), "lr=0.15, not 0.2", id="lr-against-the-default"),
-    pytest.param(dict(algorithm="adaptive", vendors=(2,)), dict(algorithm="adaptive", vendors=(2,), rate_bounds=(0.5, 2)),
+    pytest.param(dict(algorithm="adaptive", vendors=(2,)),
+                 dict(algorithm="adaptive", vendors=(2,), rate_bounds=(0.5, 2)),
                  "rate_bounds=None, not (0.5, 2)", id="rate-bounds"),
-    pytest.param(dict(schedule="cosine"), dict(schedule="cosine", steps=6), "over 1 steps, not 6 (--schedule-steps 1 continues it)",
-                 id="schedule-horizon"),
+    pytest.param(dict(schedule="cosine"), dict(schedule="cosine", steps=6),
+                 "over 1 steps, not 6 (--schedule-steps 1 continues it)", id="schedule-horizon"),
 ])
 def test_resume_with_other_settings_is_refused_in_one_line(small_data, tmp_path, saved, given, hint):
     """A checkpoint restores the optimizer's rates: a setting that differs would be overridden silently."""

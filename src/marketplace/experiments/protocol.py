@@ -29,9 +29,11 @@ from ..machine import cpu_name
 # name -> options of `marketplace train` beyond the protocol's own
 VARIANTS: dict[str, list[str]] = {
     "v2": ["--cheap-vendors", "0"],  # V2 as before issue 11: lr 0.15, probe scale 0.03, decay 1e-5, 4x4x4
-    # the market --cheap-vendors 0.05 (the default from issue 11 until 4x4x64) makes of 4,4,4: 32 head vendors, 3% more FLOPs
+    # what --cheap-vendors 0.05 (the default from issue 11 until 4x4x64) makes of 4,4,4: 32 head vendors,
+    # 3% more FLOPs
     "v2-4x4x32": ["--vendors", "4,4,32", "--cheap-vendors", "0"],
-    # twice the head vendors, 7% more FLOPs (--cheap-vendors 0.1, the default since); and with a cosine schedule over the 1,500 steps
+    # twice the head vendors, 7% more FLOPs (--cheap-vendors 0.1, the default since); and with a cosine
+    # schedule over the 1,500 steps
     "v2-4x4x64": ["--vendors", "4,4,64", "--cheap-vendors", "0"],
     "v2-4x4x64-cosine": ["--vendors", "4,4,64", "--cheap-vendors", "0", "--schedule", "cosine"],
     # the adaptive rate (a second market pass per step picks lr * (1 + r), r within +-meta_lr 0.1), as it was

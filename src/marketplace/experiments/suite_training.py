@@ -69,8 +69,9 @@ class TrainingParts:
         steps = s.train_steps
         if schedule == "constant" and extend:
             steps = max(steps, min(20 * steps, int(s.goal_s / max(step_s, 1e-4))))
-        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, cheap_vendors=CLI_CHEAP_VENDORS, batch=s.batch, lr=lr,
-                             schedule=schedule, schedule_steps=s.train_steps if schedule != "constant" else None,
+        config = TrainConfig(algorithm="v2", vendors=(vendors,) * 3, cheap_vendors=CLI_CHEAP_VENDORS, batch=s.batch,
+                             lr=lr, schedule=schedule,
+                             schedule_steps=s.train_steps if schedule != "constant" else None,
                              steps=steps, max_seconds=max(5.0, self.left() - 5.0), eval_every=s.goal_eval_every,
                              eval_samples=s.eval_samples, log_every=s.goal_eval_every, device=str(self.device),
                              data_dir=self.data_dir)
