@@ -11,6 +11,7 @@ import torch
 from torch.func import functional_call
 
 from marketplace.cli import main
+from marketplace.training import Hook, TrainConfig
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
@@ -99,3 +100,30 @@ def toy_problem(seed=0, examples=256, vendors=(4, 4)):
         torch.manual_seed(seed)
         market = Market(mlp([8, 16, 3]), vendors=list(vendors))
     return market, x, y
+
+
+def train_config(data_dir, **overrides) -> TrainConfig:
+    """A tiny run: 2x2x2 market, batch 8, CPU, 200 test examples."""
+    base = dict(vendors=(2, 2, 2), batch=8, steps=3, eval_samples=200, device="cpu", data_dir=str(data_dir))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+class StopAt(Hook):
+    """Simulate a crash (or a runaway loop) by raising after a given step."""
+
+    class Crash(Exception):
+        pass
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, metrics):
+        if metrics["step"] >= self.step:
+            raise StopAt.Crash(f"stopped at step {metrics['step']}")

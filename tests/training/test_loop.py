@@ -1,4 +1,4 @@
-"""Tests of marketplace.training's loop: resume == uninterrupted, determinism, hooks, stopping, bad configs, NaN."""
+"""Tests of marketplace.training's loop: determinism, hooks, stopping, bad configs, NaN (resume: test_resume.py)."""
 
 from __future__ import annotations
 
@@ -14,40 +14,16 @@ import marketplace.data as data_module
 import marketplace.training.loop as train_module
 from marketplace.errors import MarketplaceError
 from marketplace.functional import NonFiniteLossError
-from marketplace.training import Hook, JsonLog, ProgressBar, TrainConfig, Trainer, load_checkpoint, train
+from marketplace.training import Hook, JsonLog, ProgressBar, TrainConfig, Trainer, train
+
+from helpers import StopAt, assert_same_weights
+from helpers import train_config as config
 
 pytestmark = pytest.mark.usefixtures("small_data")
 
 
-def config(data_dir, **overrides) -> TrainConfig:
-    """A tiny run: 2x2x2 market, batch 8, CPU, 200 test examples."""
-    base = dict(vendors=(2, 2, 2), batch=8, steps=3, eval_samples=200, device="cpu", data_dir=str(data_dir))
-    base.update(overrides)
-    return TrainConfig(**base)
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert set(a) == set(b)
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
-
-
 def all_finite(market) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in market.parameters())
-
-
-class StopAt(Hook):
-    """Simulate a crash (or a runaway loop) by raising after a given step."""
-
-    class Crash(Exception):
-        pass
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step(self, metrics):
-        if metrics["step"] >= self.step:
-            raise StopAt.Crash(f"stopped at step {metrics['step']}")
 
 
 class Snapshots(Hook):
@@ -59,137 +35,6 @@ class Snapshots(Hook):
 
     def on_step(self, metrics):
         self.by_step[metrics["step"]] = {k: v.clone() for k, v in self.market.state_dict().items()}
-
-
-# -- resume == uninterrupted ------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "algorithm, vendors, total, split, options",
-    [
-        ("v2", (2, 2, 2), 4, 2, {}),
-        ("v1", (2, 2, 2), 4, 2, {}),
-        ("adaptive", (2,), 2, 1, {}),  # two forward passes a step: keep it smaller
-        ("adaptive", (2,), 3, 1, dict(rate_bounds=(0.95, 1.05), rate_smoothing=0.5)),  # the stabilised rate
-    ],
-)
-def test_resume_is_bit_identical_to_an_uninterrupted_run(small_data, tmp_path, algorithm, vendors, total, split,
-                                                         options):
-    """Run A: `total` steps straight. Run B: `split` steps, saved; a new Trainer resumes it to `total`."""
-    run = dict(algorithm=algorithm, vendors=vendors, **options)
-    a = Trainer(config(small_data, **run, steps=total))
-    summary_a = a.run()
-    assert summary_a["steps"] == total
-
-    ckpt = tmp_path / "b.safetensors"
-    b1 = Trainer(config(small_data, **run, steps=split, checkpoint=str(ckpt)))
-    b1.run()
-    assert load_checkpoint(ckpt).optimizer["steps"] == split
-    b2 = Trainer(config(small_data, **run, steps=total, checkpoint=str(ckpt), resume=True))
-    assert b2.optimizer.steps == split  # restored before running
-    assert_same_weights(b1.market.state_dict(), b2.market.state_dict())
-    summary_b = b2.run()
-
-    assert summary_b["steps"] == total
-    assert_same_weights(a.market.state_dict(), b2.market.state_dict())
-    sa, sb = a.optimizer.state_dict(), b2.optimizer.state_dict()
-    assert sa["steps"] == sb["steps"] == total
-    assert sa["lr"] == sb["lr"]
-    for name in ("meta_lr", "rate_bounds", "rate_smoothing", "lr0"):
-        assert sa.get(name) == sb.get(name)
-    for x, y in zip(sa["seeds"], sb["seeds"]):
-        assert torch.equal(x, y)
-    assert summary_a["test_accuracy"] == summary_b["test_accuracy"]
-    # the checkpoint at the end holds the final state
-    final = load_checkpoint(ckpt)
-    assert final.optimizer["steps"] == total
-    assert_same_weights(final.model, {k: v.cpu() for k, v in a.market.state_dict().items()})
-
-
-def test_resume_after_a_crash_from_a_periodic_checkpoint(small_data, tmp_path):
-    """A run killed after step 3 with checkpoints every 2 steps resumes from step 2 to the same weights."""
-    a = Trainer(config(small_data, vendors=(2, 2), steps=3))
-    a.run()
-
-    ckpt = tmp_path / "c.safetensors"
-    crashed = Trainer(config(small_data, vendors=(2, 2), steps=3, checkpoint=str(ckpt), checkpoint_every=2),
-                      hooks=[StopAt(3)])
-    with pytest.raises(StopAt.Crash):
-        crashed.run()
-    assert load_checkpoint(ckpt).optimizer["steps"] == 2
-
-    resumed = Trainer(config(small_data, vendors=(2, 2), steps=3, checkpoint=str(ckpt), checkpoint_every=2,
-                             resume=True))
-    assert resumed.optimizer.steps == 2
-    assert resumed.run()["steps"] == 3
-    assert_same_weights(a.market.state_dict(), resumed.market.state_dict())
-    assert a.optimizer.lr == resumed.optimizer.lr
-
-
-@pytest.mark.parametrize("saved, given, hint", [
-    pytest.param({}, dict(probe_scale=0.05), "probe_scale=0.03, not 0.05", id="probe-scale"),
-    pytest.param({}, dict(batch=16), "batch=8, not 16", id="batch"),
-    pytest.param({}, dict(lr=0.2), "lr=0.15, not 0.2", id="lr-against-the-default"),
-    pytest.param(dict(algorithm="adaptive", vendors=(2,)),
-                 dict(algorithm="adaptive", vendors=(2,), rate_bounds=(0.5, 2)),
-                 "rate_bounds=None, not (0.5, 2)", id="rate-bounds"),
-    pytest.param(dict(schedule="cosine"), dict(schedule="cosine", steps=6),
-                 "over 1 steps, not 6 (--schedule-steps 1 continues it)", id="schedule-horizon"),
-])
-def test_resume_with_other_settings_is_refused_in_one_line(small_data, tmp_path, saved, given, hint):
-    """A checkpoint restores the optimizer's rates: a setting that differs would be overridden silently."""
-    ckpt = tmp_path / "run.safetensors"
-    Trainer(config(small_data, steps=1, checkpoint=str(ckpt), **saved)).run()
-    with pytest.raises(MarketplaceError) as info:
-        Trainer(config(small_data, checkpoint=str(ckpt), resume=True, **given))
-    message = str(info.value)
-    assert hint in message and "resume with the same settings" in message and "\n" not in message
-
-
-def test_resume_accepts_what_may_change_between_the_parts_of_a_run(small_data, tmp_path):
-    """More steps, other evaluations, the default lr spelled out: the same run, resumed."""
-    ckpt = tmp_path / "run.safetensors"
-    Trainer(config(small_data, steps=1, checkpoint=str(ckpt))).run()
-    resumed = Trainer(config(small_data, steps=2, lr=0.15, eval_every=5, eval_samples=100, checkpoint=str(ckpt),
-                             checkpoint_every=7, resume=True))
-    assert resumed.optimizer.steps == 1
-
-
-def test_resume_without_an_existing_checkpoint_starts_fresh(small_data, tmp_path):
-    ckpt = tmp_path / "new.safetensors"
-    t = Trainer(config(small_data, steps=1, checkpoint=str(ckpt), resume=True))
-    assert t.optimizer.steps == 0
-    assert t.run()["steps"] == 1
-    assert load_checkpoint(ckpt).optimizer["steps"] == 1
-
-
-def test_resuming_a_finished_run_does_no_more_steps(small_data, tmp_path):
-    ckpt = tmp_path / "done.safetensors"
-    first = Trainer(config(small_data, steps=1, checkpoint=str(ckpt)))
-    first.run()
-    again = Trainer(config(small_data, steps=1, checkpoint=str(ckpt), resume=True))
-    summary = again.run()
-    assert summary["steps"] == 1
-    assert_same_weights(first.market.state_dict(), again.market.state_dict())
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        pytest.param(dict(vendors=(2, 2)), id="fewer-specs"),
-        pytest.param(dict(vendors=(2,)), id="one-spec"),
-        pytest.param(dict(vendors=(3, 2, 2)), id="other-counts"),
-        pytest.param(dict(algorithm="v1"), id="other-algorithm"),
-    ],
-)
-def test_resume_with_a_checkpoint_of_another_market_is_a_marketplace_error(small_data, tmp_path, overrides):
-    ckpt = tmp_path / "222.safetensors"
-    Trainer(config(small_data, checkpoint=str(ckpt))).save(str(ckpt), 0.0)
-    with pytest.raises(MarketplaceError) as info:
-        Trainer(config(small_data, checkpoint=str(ckpt), resume=True, **overrides))
-    message = str(info.value)
-    assert "\n" not in message.strip(), message
-    assert not isinstance(info.value, RuntimeError)
 
 
 # -- determinism ------------------------------------------------------------
