@@ -14,13 +14,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
+import torch
+
 from marketplace.continual.pretrain import pretrain
-from marketplace.training import JsonLog, ProgressBar, TrainConfig
+from marketplace.diagnostics.grid import write_atomic
+from marketplace.errors import MarketplaceError
+from marketplace.training import Hook, JsonLog, ProgressBar, TrainConfig
 
 EXCLUDE = {"digits": (), "no9": (9,)}
+
+
+class FirstLine(Hook):
+    """Say, before the first step, which market trains and whether the run resumes (the bar is silent off a tty)."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+
+    def on_start(self, config, market, start_step: int) -> None:
+        where = f"resuming {self.checkpoint} at step {start_step}" if start_step else f"new run, {self.checkpoint}"
+        print(f"{'x'.join(map(str, market.vendor_counts))} market, {config.steps} steps; {where}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,10 +56,13 @@ def main(argv: list[str] | None = None) -> dict:
                          lr=args.lr, schedule="cosine", steps=args.steps, seed=args.seed, eval_every=500,
                          eval_samples=10_000, checkpoint=str(checkpoint), checkpoint_every=500,
                          resume=checkpoint.exists(), data_dir=args.data_dir)
-    start = time.process_time()
-    summary = pretrain(config, EXCLUDE[args.base], [ProgressBar(), JsonLog(out / f"{args.base}.jsonl")])
-    summary["cpu_seconds_this_process"] = time.process_time() - start
-    (out / f"{args.base}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    hooks = [FirstLine(checkpoint), ProgressBar(), JsonLog(out / f"{args.base}.jsonl")]
+    try:
+        summary = pretrain(config, EXCLUDE[args.base], hooks)
+    except MarketplaceError as e:  # a resume with other settings, missing data: one line, not a traceback
+        sys.exit(f"error: {e}")
+    summary["torch_threads"] = torch.get_num_threads()  # the training seconds are wall time on this many threads
+    write_atomic(out / f"{args.base}.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), flush=True)
     return summary
 
