@@ -1,4 +1,4 @@
-"""Experiment 1 (ALGORITHM.md section 7): MNIST digits, then Fashion-MNIST dress as a new class 10.
+"""Experiment 1 (docs/algorithm.md section 7): MNIST digits, then Fashion-MNIST dress as a new class 10.
 
 The checkpoint's 10-way head is widened to 11 outputs (`pretrain.widen_head`):
 the new row is the mean of the old rows, so its logit is the mean of the
