@@ -13,7 +13,7 @@ from .parse import ints
 
 continual_app = typer.Typer(
     add_completion=False, no_args_is_help=True,
-    help="Continual learning from inference: a market learns a new class "
+    help="Continual learning from inference (docs/algorithm.md section 7): a market learns a new class "
          "from the requests it serves, each along one random path.")
 
 

@@ -1,4 +1,4 @@
-"""Experiment 1: MNIST digits, then Fashion-MNIST dresses shown as the digit 3, as the article did.
+"""Experiment 1 (docs/algorithm.md section 7): MNIST digits, then Fashion-MNIST dresses shown as the digit 3.
 
 The dresses join the ten digit classes under the label 3, so the head keeps
 its ten outputs and a dress counts as learned when the model calls it a 3.

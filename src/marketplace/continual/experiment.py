@@ -1,4 +1,4 @@
-"""One continual-learning run (see docs/algorithm.md, "Continual learning"): serve, learn from labels, validate.
+"""One continual-learning run (docs/algorithm.md section 7): serve, learn from the labels, validate.
 
 Each step serves `old_per_step` old and `new_per_step` new images, every one
 along its own random path, with its label known at once; the learner

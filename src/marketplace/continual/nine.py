@@ -1,4 +1,4 @@
-"""Experiment 2 (ALGORITHM.md section 7): digits 0-8, then learn 9.
+"""Experiment 2 (docs/algorithm.md section 7): digits 0-8, then learn 9.
 
 Pre-training leaves 9 out of the loss (`pretrain(..., exclude=(9,))`, the
 article's ignore_index run): the 9s stay in the batches, their output slot

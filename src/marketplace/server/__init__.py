@@ -1,4 +1,4 @@
-"""A model server that learns from its own traffic (ALGORITHM.md section 7, over HTTP).
+"""A model server that learns from its own traffic (docs/algorithm.md section 7, over HTTP).
 
 `marketplace serve CHECKPOINT` runs `create_app(engine_from_checkpoint(...))`
 under uvicorn. Each predict request goes along one random path (micro-
