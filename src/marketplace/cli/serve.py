@@ -44,8 +44,8 @@ def serve(
     import torch
     import uvicorn
 
-    from ..server import ServerConfig, create_app, engine_from_checkpoint
-    from ..server.auth import resolve_token
+    from ..serving import ServerConfig, create_app, engine_from_checkpoint
+    from ..serving.auth import resolve_token
 
     if threads:
         torch.set_num_threads(threads)

@@ -1,23 +1,22 @@
 """Python clients of `marketplace serve`: plain requests, and privacy mode where no data leaves the client.
 
-    from marketplace.client import Client, PrivateClient
+    from marketplace.serving import Client, PrivateClient
     client = Client("http://127.0.0.1:8000", token)
-    answer = client.predict(x)                  # x: [B, 1, 28, 28] float (normalised) or uint8 pixels
+    answer = client.predict(x)                  # x: [B, *input_shape] float (normalised) or uint8 pixels
     client.feedback(answer.ids, labels)         # later, in any order
 
     private = PrivateClient("http://127.0.0.1:8000", token)
     private.learn(x, y)                         # sends only (step, path, loss) per example
 
-`PrivateClient` fetches the market (step, seeds, probe widths) and the base
-weights of the step (cached by version, re-downloaded only when the step
-changes), rebuilds the vendors from their seeds with the library's own
-`SeededVendors`, runs each example along one random path with
-`continual.serve`, and reports the losses.
+`PrivateClient` fetches the market (step, seeds, probe widths, the model
+record) and the base weights of the step (cached by version, re-downloaded
+only when the step changes), rebuilds the specs from the record and the
+vendors from their seeds with the library's own `SeededVendors`, runs each
+example along one random path with `continual.serve`, and reports the losses.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import httpx
@@ -25,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .continual import per_example_cross_entropy, serve
-from .errors import MarketplaceError
-from .market import Market
-from .vendors import SeededVendors
+from ..continual import per_example_cross_entropy, serve
+from ..errors import MarketplaceError
+from ..market import Market
+from ..vendors import SeededVendors
+from .answer import Answer
 
 
 class ServerError(MarketplaceError):
@@ -39,16 +39,7 @@ class ServerError(MarketplaceError):
         self.status = status
 
 
-@dataclass
-class Prediction:
-    """The answer to a batch: ids (for feedback; None without learning), classes [B], probabilities [B, C],
-    paths [B, N], and the step that served it."""
-
-    ids: list
-    classes: torch.Tensor
-    probabilities: torch.Tensor
-    paths: torch.Tensor
-    step: int
+Prediction = Answer  # the name clients used before the server and client shared one answer type
 
 
 class Client:
@@ -78,18 +69,14 @@ class Client:
             raise ServerError(response.status_code, message)
         return response
 
-    def predict(self, x: torch.Tensor | np.ndarray) -> Prediction:
+    def predict(self, x: torch.Tensor | np.ndarray) -> Answer:
         """Serve a batch [B, ...]: uint8 inputs go as pixels, anything else as float32, both as raw bytes."""
         x = torch.as_tensor(x)
         dtype = "uint8" if x.dtype == torch.uint8 else "float32"
         body = x.detach().cpu().contiguous().to(torch.uint8 if dtype == "uint8" else torch.float32).numpy().tobytes()
         headers = {"Content-Type": "application/octet-stream", "X-Dtype": dtype,
                    "X-Shape": ",".join(map(str, x.shape))}
-        doc = self._call("POST", "/v1/predict", content=body, headers=headers).json()
-        rows = doc["predictions"]
-        return Prediction([r["id"] for r in rows], torch.tensor([r["class"] for r in rows]),
-                          torch.tensor([r["probabilities"] for r in rows]),
-                          torch.tensor([r["path"] for r in rows], dtype=torch.int64), doc["step"])
+        return Answer.from_json(self._call("POST", "/v1/predict", content=body, headers=headers).json())
 
     def feedback(self, ids: Sequence[int], labels: Sequence[int] | torch.Tensor) -> dict[str, Any]:
         """Labels of earlier predictions; returns the server's counts once they are stored."""
@@ -117,9 +104,10 @@ class Client:
 class PrivateClient(Client):
     """Learns on the client's own data: only (step, path, loss) leave it.
 
-    specs: the market's specs (`nn.Module`s), for a server whose market is
-    not a preset the library can rebuild from its description. seed: seeds
-    the client's own random paths.
+    specs: the market's specs (`nn.Module`s), for a server without a model
+    record (a user's market served from Python); by default they are rebuilt
+    from the record the server hands out. seed: seeds the client's own
+    random paths.
     """
 
     def __init__(self, url: str = "http://127.0.0.1:8000", token: str | None = None,
@@ -148,7 +136,7 @@ class PrivateClient(Client):
     def _load(self, info: dict[str, Any], blob: bytes) -> None:
         from safetensors.torch import load as load_bytes
 
-        from .server.load import specs_of
+        from .load import specs_of
 
         if self.local is None:
             specs = self.specs if self.specs is not None else specs_of(info["model"])
