@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from marketplace.continual import serve
+from marketplace.errors import MarketplaceError
 from marketplace.market import Market
 from marketplace.serving import Client, PrivateClient, ServerConfig, engine_from_checkpoint, specs_of
 from marketplace.serving.process import ServerProcess
@@ -99,3 +100,10 @@ def test_a_widened_head_is_rebuilt_by_the_client(checkpoints, tmp_path):
 def test_a_description_in_the_older_preset_form_still_rebuilds():
     specs = specs_of({"preset": "beautiful_mnist", "depth": 3, "classes": 10, "norm": "instance", "batch": 128})
     assert Market(specs, [1, 1, 1])(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_model_the_client_cannot_rebuild_is_one_line_that_names_specs(tmp_path):
+    record = {"source": f"{tmp_path}/gone.py:build", "depth": 2, "input_shape": [3, 8, 8], "classes": 3}
+    with pytest.raises(MarketplaceError, match="pass specs= to the client") as info:
+        specs_of(record)
+    assert "\n" not in str(info.value)

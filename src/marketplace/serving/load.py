@@ -98,8 +98,12 @@ def specs_of(model: dict[str, Any] | None) -> list[torch.nn.Module]:
     if not model or "source" not in model or "depth" not in model:
         raise MarketplaceError(f"the server's market has no model record this library can rebuild ({model!r}): "
                                "pass specs= to the client")
-    specs = build_model(model["source"], model["depth"], model["input_shape"], model["classes"],
-                        model.get("split"), norm=norm_layer(model.get("norm", "instance"), model.get("batch", 128)))
+    try:
+        specs = build_model(model["source"], model["depth"], model["input_shape"], model["classes"],
+                            model.get("split"), norm=norm_layer(model.get("norm", "instance"), model.get("batch", 128)))
+    except (MarketplaceError, ValueError) as e:  # e.g. a factory file that exists only on the server's machine
+        raise MarketplaceError(f"cannot rebuild the server's model {model['source']} here "
+                               f"({str(e).splitlines()[0]}): pass specs= to the client") from e
     served = model.get("served_classes") or model["classes"]
     if served != model["classes"]:
         specs = list(widen_head(Market(specs, [1] * len(specs)), served).specs)
