@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from marketplace import data
-from marketplace.client import Client
+from marketplace.serving import Client
 from marketplace.machine import machine_summary
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "server"
 TOKEN = "drift-token"
