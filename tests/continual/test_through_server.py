@@ -5,10 +5,10 @@ from safetensors.torch import load as load_bytes
 
 from helpers import tiny_checkpoint
 
-from marketplace.client import Client
+from marketplace.serving import Client
 from marketplace.continual import ContinualLearner
 from marketplace.optim import V2
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 from marketplace.training import load_checkpoint, market_from_checkpoint
 
 K, STEPS = 16, 3
