@@ -39,6 +39,7 @@ class ServerConfig:
     unit: str = "model"
     seed: int = 0
     classes: int | None = None  # widen a checkpoint's head to this many classes (a new class, section 7)
+    vendors: tuple[int, ...] | None = None  # the served market's vendor counts (None: the checkpoint's)
     learning: bool = True
     baseline: bool = False
     balanced: bool = True
