@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from marketplace import V2, Market, beautiful_mnist, data, path_losses
-from marketplace.diagnostics.grid import write_atomic
+from marketplace.io import write_atomic
 from marketplace.machine import machine_summary
 from marketplace.market import SpecLayout
 from marketplace.training import batch_indices
@@ -49,7 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def initial_specs(depth: int, seed: int):
-    """The CNN of ALGORITHM.md section 9 split `depth` ways; the same weights for every depth and method."""
+    """The beautiful-MNIST CNN split `depth` ways; the same weights for every depth and method."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return beautiful_mnist(depth=depth)

@@ -16,7 +16,7 @@
    the end all are tested on held-out test images at the final angle and
    upright.
 2. Dress through HTTP. The first steps of `marketplace continual dress`
-   (ALGORITHM.md section 7: 240 digits + 16 dresses per step, class 10 new,
+   (the continual setting: 240 digits + 16 dresses per step, class 10 new,
    K = 256, lr 1e-2, whole-model unit vector) are sent to a server as
    predict + feedback, and the same steps run in process with
    `ContinualLearner`; the weights are compared.

@@ -26,17 +26,9 @@ import torch
 from torch import nn
 
 from .continual import per_example_cross_entropy, serve
-from .errors import MarketplaceError
+from .errors import ServerError
 from .market import Market
 from .vendors import SeededVendors
-
-
-class ServerError(MarketplaceError):
-    """The server refused a request: `status` is the HTTP status, the message its one-line reason."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status = status
 
 
 @dataclass

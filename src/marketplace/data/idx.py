@@ -14,7 +14,6 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from .common import ENV_MIRROR, ENV_OFFLINE, DataError, cache_dir, candidates, offline
 
 SPLITS = ("train", "test")
@@ -259,20 +259,14 @@ def load_split(
 
 def _fetch(url: str, dest: Path, name: str, fname: str, timeout: float) -> None:
     """Download ``url`` and install it as ``dest`` only if its content checks out."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out, _CHUNK)
+    with atomic_path(dest, suffix=".part") as tmp:
+        with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, _CHUNK)
         try:
             digest = _md5_of_file(tmp)
         except DataError:
             raise DataError("the downloaded file is not a valid gzip file") from None
         _check_md5(url, name, fname, digest)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _mirrors(info: DatasetInfo, mirrors: list[str] | None) -> list[str]:
