@@ -14,7 +14,12 @@ Published (100,000 steps): dress 86% validation, digits 96.2% -> 95.2%.
 Target: dress >= 90% within 20,000 steps, digits losing <= 0.5 points.
 """
 
-from marketplace.continual.script import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.continual import run_script  # noqa: E402
 
 
 def main(argv=None) -> dict:

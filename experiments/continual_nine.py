@@ -16,7 +16,12 @@ Published (100,000 steps): 9 at 71% validation, 0-8 96.8% -> 95.2%.
 Target: 9 >= 90% within 20,000 steps, 0-8 losing <= 0.5 points.
 """
 
-from marketplace.continual.script import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.continual import run_script  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -133,7 +133,7 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     needed = ", ".join(f"{f}[.gz]" for f in info.file_names)
     places = ", ".join(str(d) for d in searched)
     advice = (
-        "Pass --data-dir DIR, or set MARKETPLACE_DATA_DIR=DIR, to a directory "
+        "Pass data_dir=DIR (--data-dir DIR on the command line), or set MARKETPLACE_DATA_DIR=DIR, to a directory "
         f"holding these files (as DIR/{name}/ or DIR/)"
     )
     if offline():
@@ -192,7 +192,7 @@ def _check_md5(path: Path | str, name: str, fname: str, digest: str) -> None:
         return
     other = [n for n, i in DATASETS.items() if n != name and i.md5.get(fname) == digest]
     hint = (
-        f" (it is the {other[0]} file: point --data-dir at the {name} directory)"
+        f" (it is the {other[0]} file: point data_dir (--data-dir) at the {name} directory)"
         if other
         else "; delete it and download it again"
     )
