@@ -325,6 +325,7 @@ def run(device: torch.device, vendors: list[int] | None = None, depth: int = 3, 
         Variant.parse(text)  # refuse a bad variant before any timing
     rows = []
     for m in vendors:
+        print(f"timing {m} vendors per spec, batch {batch} ...", file=sys.stderr, flush=True)  # minutes on a CPU
         rows += bench_market(m, depth, batch, device, warmup=3 if cuda else 1, repeats=repeats,
                              compile=compile, precision=precision, loop=loop, variants=variants, philox=philox)
     config = {"device": device_name(device), "torch": torch.__version__, "date": date.today().isoformat(),
