@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-from marketplace.machine import machine_name, machine_summary
 from marketplace.io import write_atomic
+from marketplace.machine import machine_name, machine_summary
 
 from .speed import Row, bench_market, table
 from .suite_report import markdown, summary_table
