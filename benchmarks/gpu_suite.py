@@ -1,8 +1,9 @@
 """Every GPU figure in one call of at most ~10 minutes: CUDA tests, step speed, training runs, continual learning.
 
-On the lent GPU machine (docs/gpu.md has the whole device-tool command):
+On any machine with a CUDA GPU, from a checkout:
 
-    python3 benchmarks/gpu_suite.py --out $OUT            # full sizes, 540-s budget
+    uv run python benchmarks/gpu_suite.py                 # full sizes, 540-s budget
+    python3 benchmarks/gpu_suite.py --out DIR             # plain python3 with torch: no install needed
 
 On a CPU, the same code at toy sizes (what the test runs):
 
