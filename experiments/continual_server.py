@@ -30,7 +30,7 @@ from safetensors.torch import load as load_bytes
 from marketplace.continual.config import ContinualConfig
 from marketplace.continual.experiment import ContinualRun, validate
 from marketplace.continual.report import PrintProgress, plot_log
-from marketplace.diagnostics.grid import write_atomic
+from marketplace.io import write_atomic
 from marketplace.serving import Client, PrivateClient
 from marketplace.serving.process import ServerProcess
 from marketplace.training import JsonLog

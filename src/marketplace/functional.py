@@ -11,11 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import MarketplaceError
-
-
-class NonFiniteLossError(MarketplaceError):
-    """A path's loss is NaN or infinite; no update was made."""
+from .errors import MarketplaceError, NonFiniteLossError
 
 
 def path_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -90,7 +90,7 @@ def train(
     import torch
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        from ..experiments.page_faults import reuse_freed_memory
+        from ..memory import reuse_freed_memory
 
         reuse_freed_memory()  # a CPU step's products then reuse freed pages instead of faulting in new ones
     summary = run(config, hooks)

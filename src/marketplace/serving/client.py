@@ -25,18 +25,10 @@ import torch
 from torch import nn
 
 from ..continual import per_example_cross_entropy, serve
-from ..errors import MarketplaceError
+from ..errors import MarketplaceError, ServerError
 from ..market import Market
 from ..vendors import SeededVendors
 from .answer import Answer
-
-
-class ServerError(MarketplaceError):
-    """The server refused a request: `status` is the HTTP status, the message its one-line reason."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{status}: {message}")
-        self.status = status
 
 
 Prediction = Answer  # the name clients used before the server and client shared one answer type

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from ..continual import ContinualLearner
-from ..errors import MarketplaceError
+from ..errors import MarketplaceError, RequestError
 from ..market import Market
 from ..optim import V2
 from ..training import CheckpointError, load_checkpoint, save_checkpoint
@@ -31,14 +31,6 @@ from .config import ServerConfig
 from .store import Record, Store
 
 STORE_FILE, LEARNER_FILE = "store.sqlite3", "learner.safetensors"
-
-
-class RequestError(MarketplaceError):
-    """A request the server refuses; `status` is the HTTP status it answers with."""
-
-    def __init__(self, message: str, status: int = 422):
-        super().__init__(message)
-        self.status = status
 
 
 def check_paths(paths, counts: Sequence[int], n: int) -> torch.Tensor:

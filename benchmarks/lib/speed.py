@@ -12,7 +12,6 @@ beside the others, and the seed-to-delta expansion (Philox) alone.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import sys
@@ -26,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..functional import path_losses
-from ..machine import cpu_name
-from ..market import Market, MarketOutput
-from ..models import beautiful_mnist
-from ..optim import V2
-from ..rng import uniform_pm1
-from ..vendors import Vendors, draw_vendors
+from marketplace.functional import path_losses
+from marketplace.io import write_atomic
+from marketplace.machine import cpu_name
+from marketplace.market import Market, MarketOutput
+from marketplace.models import beautiful_mnist
+from marketplace.optim import V2
+from marketplace.rng import uniform_pm1
+from marketplace.vendors import Vendors, draw_vendors
 
 ORIGINAL_MS = 88.0  # the original tinygrad V2 step: 16 vendors/spec, depth 3, batch 512, one H100
 
@@ -54,7 +54,7 @@ class Variant:
 
     @classmethod
     def parse(cls, text: str) -> "Variant":
-        from ..formulations import FORMULATIONS
+        from marketplace.layouts import FORMULATIONS
 
         head, *parts = text.strip().split("/")
         if head not in FORMULATIONS:
@@ -307,14 +307,6 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write a file atomically: a reader (or a timeout) never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run(device: torch.device, vendors: list[int] | None = None, depth: int = 3, batch: int | None = None,
         repeats: int | None = None, precision: str = "auto", compile: bool = False, loop: bool = True,
         out: str | None = None, variants: list[str] | None = None, philox: bool = False,
@@ -333,6 +325,7 @@ def run(device: torch.device, vendors: list[int] | None = None, depth: int = 3, 
         Variant.parse(text)  # refuse a bad variant before any timing
     rows = []
     for m in vendors:
+        print(f"timing {m} vendors per spec, batch {batch} ...", file=sys.stderr, flush=True)  # minutes on a CPU
         rows += bench_market(m, depth, batch, device, warmup=3 if cuda else 1, repeats=repeats,
                              compile=compile, precision=precision, loop=loop, variants=variants, philox=philox)
     config = {"device": device_name(device), "torch": torch.__version__, "date": date.today().isoformat(),
@@ -341,9 +334,9 @@ def run(device: torch.device, vendors: list[int] | None = None, depth: int = 3, 
     result = to_json(rows, config)
     text = table(rows)
     print(f"{config['device']}, torch {config['torch']}, depth {depth}, batch {batch}\n{text}")
-    path = Path(out or f"benchmarks/results/step_speed_{device.type}.json")
-    write_text(path, json.dumps(result, indent=2))
-    write_text(path.with_suffix(".md"),
+    path = Path(out or f"runs/bench/step_speed_{device.type}.json")  # never over the committed results
+    write_atomic(path, json.dumps(result, indent=2))
+    write_atomic(path.with_suffix(".md"),
                f"# Step speed: {config['device']}\n\n{config['date']}, torch {config['torch']}, depth {depth}, "
                f"batch {batch}, precision {precision}, compile {compile}, median of {repeats} repeats"
                f"{'. ' + note if note else ''}\n\n{text}\n")

@@ -1,26 +1,33 @@
-"""`marketplace experiment | plot | cost`: the articles' experiments, run logs drawn, market cost."""
+"""The command line of the experiment scripts: run one experiment, or draw run logs.
+
+`python experiments/NAME.py [OPTIONS]` runs experiment NAME (`run_script`);
+`python experiments/run.py NAME|list [OPTIONS]` is the same with the name
+given; `python experiments/plot.py LOGS...` draws logs of earlier runs
+(`marketplace train --log` writes the same format). A mistake prints one
+line, as the `marketplace` command does.
+"""
 
 from __future__ import annotations
 
 import json
 import shlex
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
-from ..errors import MarketplaceError
-from . import app
-from .parse import floats, ints
+from marketplace.cli.parse import floats
+from marketplace.errors import MarketplaceError
+
+DEFAULT_OUT = "runs/experiments"  # never the committed results/: pass --out results to update those
 
 
-@app.command()
 def experiment(
     name: str = typer.Argument(..., help="depth, backprop, norm, sweep or target ('list' shows them)"),
     steps: Optional[int] = typer.Option(None, help="steps per run (default: the published count)"),
     scale: float = typer.Option(1.0, help="1 = published size; < 1 shrinks batch (min 8) and vendor counts (min 2)"),
     batch: Optional[int] = typer.Option(None, help="examples per step (default: 512 x scale, at least 8)"),
-    out: str = typer.Option("results", help="writes OUT/NAME/{RUN.jsonl, NAME.png, NAME.md}"),
+    out: str = typer.Option(DEFAULT_OUT, help="writes OUT/NAME/{RUN.jsonl, NAME.png, NAME.md}"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns)"),
     mlflow: bool = typer.Option(True, help="track every run in MLflow (needs the mlflow extra)"),
     algorithm: Optional[str] = typer.Option(None, help="depth/norm/sweep/target: the market algorithm"),
@@ -40,7 +47,7 @@ def experiment(
     json_out: bool = typer.Option(False, "--json", help="print one final JSON line with every run's summary"),
 ):
     """Run one of the articles' experiments: every run logged (JSON lines, MLflow), then a PNG and a table."""
-    from ..experiments.runs import EXPERIMENTS, Size, run_experiment
+    from .runs import EXPERIMENTS, RunSize, run_experiment
 
     if name == "list":
         for exp in EXPERIMENTS.values():
@@ -56,10 +63,10 @@ def experiment(
         raise MarketplaceError(f"--steps must be >= 1, got {steps}")
     if batch is not None and batch < 1:
         raise MarketplaceError(f"--batch must be >= 1, got {batch}")
-    size = Size(steps=steps or EXPERIMENTS[name].default_steps, scale=scale, batch_size=batch, eval_every=eval_every,
-                eval_samples=eval_samples, seed=seed, device=device, data_dir=data_dir)
-    given = [a for a in _given_args() if a != "--plot-only"]  # the command that trained the runs
-    command = "marketplace " + " ".join(map(shlex.quote, ["experiment", name, *given]))
+    size = RunSize(steps=steps or EXPERIMENTS[name].default_steps, scale=scale, batch_size=batch,
+                   eval_every=eval_every, eval_samples=eval_samples, seed=seed, device=device, data_dir=data_dir)
+    given = [a for a in _given_args(name) if a != "--plot-only"]  # the command that trained the runs
+    command = " ".join(map(shlex.quote, ["python", f"experiments/{name}.py", *given]))
     result = run_experiment(name, size, out, tracking_uri=tracking_uri, mlflow=mlflow, progress=not quiet,
                             smoothing=smoothing, command=command, plot_only=plot_only,
                             only=only.split(",") if only else None, algorithm=algorithm,
@@ -79,13 +86,12 @@ def experiment(
         print(f"target met: {run_name} reached {summary['test_accuracy']:.2f}% >= {target:g}%", file=sys.stderr)
 
 
-def _given_args() -> list[str]:
-    """The arguments after `experiment NAME`, for the record in the table (works for the scripts too)."""
+def _given_args(name: str) -> list[str]:
+    """The options after the experiment's name, for the record in its table (run.py NAME or NAME.py)."""
     argv = sys.argv[1:]
-    return argv[2:] if len(argv) >= 2 and argv[0] == "experiment" else argv
+    return argv[1:] if argv[:1] == [name] else argv
 
 
-@app.command()
 def plot(
     runs: List[str] = typer.Argument(..., help="JSON-lines run logs, or directories of them"),
     out: str = typer.Option("plot.png", help="the PNG to write"),
@@ -94,7 +100,9 @@ def plot(
     title: Optional[str] = typer.Option(None),
 ):
     """Accuracy and loss against steps and wall time (PNG), and a table of milestones (stdout)."""
-    from ..experiments.plot import find_runs, markdown_table, plot_runs
+    from marketplace.io import write_atomic
+
+    from .plot import find_runs, markdown_table, plot_runs
 
     if not 0.0 <= smoothing < 1.0:
         raise MarketplaceError(f"--smoothing must be in [0, 1), got {smoothing}")
@@ -102,44 +110,25 @@ def plot(
     png = plot_runs(logs, out, title=title, smoothing=smoothing)
     text = markdown_table(logs)
     if table:
-        with open(table, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        write_atomic(table, text + "\n")
     print(text)
     print(f"wrote {png}" + (f" and {table}" if table else ""), file=sys.stderr)
 
 
-@app.command()
-def cost(
-    vendors: List[str] = typer.Option(["4,4,4"], help="vendors per spec; repeat for several markets: --vendors 64 --vendors 16,16,16"),
-    sampling: Optional[str] = typer.Option(None, help="upstream sampling per spec (0 = all), for every market given"),
-    batch: int = typer.Option(1, help="examples per step (FLOPs scale with it; unit cost per example when 1)"),
-    json_out: bool = typer.Option(False, "--json", help="one JSON line per market"),
-):
-    """Products, FLOPs and unit cost per product of beautiful-MNIST markets (docs/algorithm.md section 3)."""
-    from ..experiments.cost import beautiful_mnist_cost, format_table
-    from ..market import Market
-    from ..models import beautiful_mnist
-
-    if batch < 1:
-        raise MarketplaceError(f"--batch must be >= 1, got {batch}")
-    costs = []
-    for text in vendors:
-        counts = ints(text, "--vendors")
-        if not 1 <= len(counts) <= 3:
-            raise MarketplaceError(f"--vendors needs 1 to 3 counts (one per spec), got {list(counts)}")
-        samp = ints(sampling, "--sampling") if sampling else 0
-        Market(beautiful_mnist(len(counts)), list(counts), samp)  # the market's own checks and messages
-        costs.append(beautiful_mnist_cost(counts, samp, batch))
-    if json_out:
-        for c in costs:
-            print(json.dumps(c.as_dict()))
-    else:
-        print(format_table(costs))
+def main(command: Callable, argv: list[str] | None = None) -> None:
+    """Run `command` (`experiment` or `plot`) on `argv`; a user's mistake prints one line and exits 2."""
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    try:
+        app(args=sys.argv[1:] if argv is None else argv, prog_name=sys.argv[0])
+    except (MarketplaceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def run_script(name: str, argv: list[str]) -> None:
-    """`python experiments/NAME.py ARGS` = `marketplace experiment NAME ARGS`."""
-    from . import main
-
-    sys.argv = ["marketplace", "experiment", name, *argv]
-    main()
+    """`python experiments/NAME.py ARGS` = `python experiments/run.py NAME ARGS`."""
+    main(experiment, [name, *argv])

@@ -1,6 +1,6 @@
 """The articles' experiments as code: named sets of runs, each logged, tracked, plotted and tabulated.
 
-An experiment is a function from its size (`Size`: steps and scale) to a list
+An experiment is a function from its size (`RunSize`: steps and scale) to a list
 of `Run`s, each a market `TrainConfig` or a backprop `BackpropConfig`.
 `run_experiment` trains them one after another with the same hooks (a JSON
 log always, MLflow unless turned off, a progress bar), then draws
@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from ..errors import MarketplaceError
-from ..machine import machine_summary
-from ..training import Hook, JsonLog, ProgressBar, TrainConfig, Trainer
+from marketplace.errors import MarketplaceError
+from marketplace.io import write_atomic
+from marketplace.machine import machine_summary
+from marketplace.training import Hook, JsonLog, ProgressBar, TrainConfig, Trainer
 from .baselines import BackpropConfig, BackpropTrainer
 from .plot import load_run, markdown_table, plot_runs
 
 PUBLISHED_BATCH = 512
 # The articles' settings, pinned here so that a change of the library's defaults (tuned for small
 # CPU markets) never changes an experiment. V1 (article 1): probe width = lr 1e-3, decay 1e-4.
-# V2 (article 2, docs/algorithm.md section 5): lr 0.1, decay 1e-5, probe scale 0.1, unit vector per spec.
+# V2 (article 2, docs/algorithm.md): lr 0.1, decay 1e-5, probe scale 0.1, unit vector per spec.
 PUBLISHED_SETTINGS: dict[str, dict[str, Any]] = {
     "v1": dict(lr=1e-3, decay=1e-4),
     "v2": dict(lr=0.1, decay=1e-5, probe_scale=0.1, per_spec=True),
@@ -41,7 +42,7 @@ PUBLISHED_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class Size:
+class RunSize:
     """How big a run is: steps, scale (1 = published), and the evaluation cadence."""
 
     steps: int
@@ -83,14 +84,14 @@ class Experiment:
     options: tuple[str, ...] = ()  # the keyword options `runs` takes
 
 
-def _market(name: str, size: Size, vendors: Sequence[int], algorithm: str, **overrides) -> Run:
+def _market(name: str, size: RunSize, vendors: Sequence[int], algorithm: str, **overrides) -> Run:
     if algorithm not in PUBLISHED_SETTINGS:
         raise MarketplaceError(f"unknown algorithm {algorithm!r}; choose from {', '.join(PUBLISHED_SETTINGS)}")
     settings = {**size.common(), **PUBLISHED_SETTINGS[algorithm], **overrides}
     return Run(name, TrainConfig(vendors=tuple(vendors), algorithm=algorithm, **settings))
 
 
-def _backprop(name: str, size: Size, **overrides) -> Run:
+def _backprop(name: str, size: RunSize, **overrides) -> Run:
     return Run(name, BackpropConfig(**{**size.common(), **overrides}))
 
 
@@ -104,7 +105,7 @@ def _unique(runs: list[Run]) -> list[Run]:
     return out
 
 
-def depth_runs(size: Size, algorithm: str = "v1") -> list[Run]:
+def depth_runs(size: RunSize, algorithm: str = "v1") -> list[Run]:
     """Depth 1 x {8, 16, 32, 64} vendors ("all at once") against depth 3 x {8, 16} (article 1)."""
     runs = [_market(f"{algorithm}-1x{size.vendors(m)}", size, [size.vendors(m)], algorithm=algorithm)
             for m in (8, 16, 32, 64)]
@@ -113,7 +114,7 @@ def depth_runs(size: Size, algorithm: str = "v1") -> list[Run]:
     return _unique(runs)
 
 
-def backprop_runs(size: Size, baseline_norm: str | None = None) -> list[Run]:
+def backprop_runs(size: RunSize, baseline_norm: str | None = None) -> list[Run]:
     """V1 and V2 (3 x 16) against backprop SGD at 1e-3, 3e-3, 7e-3 (BatchNorm) and Adam (InstanceNorm)."""
     market = [size.vendors(16)] * 3
     m = "x".join(map(str, market))
@@ -127,7 +128,7 @@ def backprop_runs(size: Size, baseline_norm: str | None = None) -> list[Run]:
     ]
 
 
-def norm_runs(size: Size, algorithm: str = "v2") -> list[Run]:
+def norm_runs(size: RunSize, algorithm: str = "v2") -> list[Run]:
     """InstanceNorm against batch norm per product and batch norm over mixed products, in the market."""
     market = [size.vendors(16)] * 3
     m = "x".join(map(str, market))
@@ -135,7 +136,7 @@ def norm_runs(size: Size, algorithm: str = "v2") -> list[Run]:
             for norm in ("instance", "product-batch", "mixed-batch")]
 
 
-def sweep_runs(size: Size, algorithm: str = "v2", lrs: Sequence[float] | None = None,
+def sweep_runs(size: RunSize, algorithm: str = "v2", lrs: Sequence[float] | None = None,
                decays: Sequence[float] = (1e-4, 1e-5)) -> list[Run]:
     """Learning rate x decay grid on the 3 x 16 market."""
     lrs = lrs or ((0.03, 0.1, 0.3) if algorithm != "v1" else (0.005, 0.02, 0.05))
@@ -144,7 +145,7 @@ def sweep_runs(size: Size, algorithm: str = "v2", lrs: Sequence[float] | None = 
             for lr in lrs for decay in decays]
 
 
-def target_runs(size: Size, algorithm: str = "v2") -> list[Run]:
+def target_runs(size: RunSize, algorithm: str = "v2") -> list[Run]:
     """The published V2 configuration alone: 3 x 16, batch 512, lr 0.1, decay 1e-5, probe 0.1."""
     market = [size.vendors(16)] * 3
     return [_market(f"{algorithm}-{'x'.join(map(str, market))}", size, market, algorithm=algorithm)]
@@ -181,7 +182,7 @@ def run_one(run: Run, out_dir: Path, experiment: str, tracking_uri: str | None =
     hooks: list[Hook] = [JsonLog(log)]
     tracker = None
     if mlflow:
-        from ..training.tracking import MlflowLogger
+        from marketplace.training.tracking import MlflowLogger
 
         tracker = MlflowLogger(tracking_uri, experiment=f"marketplace-{experiment}", run_name=run.name,
                                tags={"marketplace.experiment": experiment}, artifacts=[log])
@@ -207,7 +208,7 @@ class ExperimentResult:
     markdown: str = ""  # the table alone
 
 
-def run_experiment(name: str, size: Size, out_dir: str | os.PathLike = "results", tracking_uri: str | None = None,
+def run_experiment(name: str, size: RunSize, out_dir: str | os.PathLike = "runs/experiments", tracking_uri: str | None = None,
                    mlflow: bool = True, progress: bool = True, smoothing: float = 0.5,
                    command: str | None = None, plot_only: bool = False, only: Sequence[str] | None = None,
                    **options) -> ExperimentResult:
@@ -255,12 +256,12 @@ def run_experiment(name: str, size: Size, out_dir: str | os.PathLike = "results"
             command = f"{earlier.group(1)}`, then `{command}"
         elif earlier:
             command = earlier.group(1)
-    result.table.write_text(_report(exp, size, logs, command, finished), encoding="utf-8")
+    write_atomic(result.table, _report(exp, size, logs, command, finished))
     return result
 
 
-def _report(exp: Experiment, size: Size, logs, command: str | None, finished: float) -> str:
-    command = command or "marketplace " + " ".join(map(shlex.quote, sys.argv[1:]))
+def _report(exp: Experiment, size: RunSize, logs, command: str | None, finished: float) -> str:
+    command = command or " ".join(map(shlex.quote, ["python", *sys.argv]))
     when = datetime.datetime.fromtimestamp(finished, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"# {exp.title}\n\n"
             f"- command: `{command}`\n- machine: {machine_summary()}\n- runs finished: {when}\n"

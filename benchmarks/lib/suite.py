@@ -26,14 +26,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..machine import machine_name, machine_summary
-from .speed import Row, bench_market, table, write_text
+from marketplace.io import write_atomic
+from marketplace.machine import machine_name, machine_summary
+
+from .speed import Row, bench_market, table
 from .suite_report import markdown, summary_table
 from .suite_training import TrainingParts
 
 
 @dataclass(frozen=True)
-class Size:
+class SuiteSize:
     """How big each part is; FULL for the GPU, TINY for a CPU check of the whole suite."""
 
     name: str
@@ -59,12 +61,12 @@ class Size:
     sweep_lrs: tuple[float, ...] = (0.1, 0.3)  # the default trainer's rate at this scale, beside lr 0.15
 
 
-FULL = Size("full", (8, 16), 512,
+FULL = SuiteSize("full", (8, 16), 512,
             ("vmap", "grouped", "wide", "vmap/fp32", "grouped/fp32", "wide/fp32", "wide/fp16", "wide/nocl",
              "wide/regen"),
             ("wide/compile", "wide/compile=reduce-overhead", "wide/compile=max-autotune"),
             10, 8, 2000, 500, 16, 2000, 20_000, 100_000, (256, 512, 4096))
-TINY = Size("tiny", (2,), 2, ("vmap", "grouped", "wide"), (), 1, 2, 4, 2, 3, 2, 2, 0, (8,), eval_samples=100,
+TINY = SuiteSize("tiny", (2,), 2, ("vmap", "grouped", "wide"), (), 1, 2, 4, 2, 3, 2, 2, 0, (8,), eval_samples=100,
             warmup=0, goal_accuracy=0.0, goal_s=0.0, goal_eval_every=2, sweep_lrs=(0.3,))
 SIZES = {"full": FULL, "tiny": TINY}
 
@@ -73,7 +75,7 @@ SIZES = {"full": FULL, "tiny": TINY}
 class Suite(TrainingParts):
     """Runs the parts under one wall-time budget and keeps the results on disk as it goes."""
 
-    size: Size
+    size: SuiteSize
     out_dirs: list[Path]
     budget_s: float
     device: torch.device
@@ -127,9 +129,9 @@ class Suite(TrainingParts):
         self.results["elapsed_s"] = round(time.perf_counter() - self.start, 1)
         text, md = json.dumps(self.results, indent=2, default=str), markdown(self.results)
         for d in self.out_dirs:
-            write_text(d / "gpu_suite.json", text)
-            write_text(d / "gpu_suite.md", md)
-            write_text(d / "gpu_suite.log", "\n".join(self.log_lines) + "\n")
+            write_atomic(d / "gpu_suite.json", text)
+            write_atomic(d / "gpu_suite.md", md)
+            write_atomic(d / "gpu_suite.log", "\n".join(self.log_lines) + "\n")
 
     # -- the parts ---------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class Suite(TrainingParts):
         except subprocess.TimeoutExpired as e:
             text, code = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), -1
         for d in self.out_dirs:
-            write_text(d / "pytest_cuda.log", text)
+            write_atomic(d / "pytest_cuda.log", text)
         lines = [line for line in text.strip().splitlines() if line.strip()]
         summary = lines[-1] if lines else ""
         # collection errors (modules needing fastapi, httpx, ...) end the run with code 1 but run no CUDA test
@@ -180,9 +182,9 @@ class Suite(TrainingParts):
                 "rows": [{**r.__dict__, "tflops": r.tflops, "products_per_s": r.products_per_s} for r in rows]}
 
     def serving(self) -> dict:
-        from .. import Market, draw_vendors
-        from ..continual import serve
-        from ..models import beautiful_mnist
+        from marketplace import Market, draw_vendors
+        from marketplace.continual import serve
+        from marketplace.models import beautiful_mnist
 
         torch.manual_seed(0)
         market = Market(beautiful_mnist(3), 4).to(self.device)
@@ -201,8 +203,8 @@ class Suite(TrainingParts):
 
     def philox(self) -> dict:
         """The delta expansion alone at the largest vendor count: eager int64 ops, and compiled into one kernel on CUDA."""
-        from ..models import beautiful_mnist
-        from ..rng import derive_seeds, random_bits, uniform_pm1
+        from marketplace.models import beautiful_mnist
+        from marketplace.rng import derive_seeds, random_bits, uniform_pm1
 
         m = max(self.size.vendors)
         sizes = [sum(p.numel() for p in spec.parameters()) for spec in beautiful_mnist(3)]
@@ -280,7 +282,7 @@ def _market_ms(results: dict, m: int) -> float | None:
     return min(ms) if ms else None
 
 
-def output_dirs(out: str | None, size: Size, device: torch.device) -> list[Path]:
-    """Where results go: --out (else $OUT, else benchmarks/results/gpu_suite_<size>_<device>)."""
+def output_dirs(out: str | None, size: SuiteSize, device: torch.device) -> list[Path]:
+    """Where results go: --out (else $OUT, else runs/gpu_suite_<size>_<device>, never the committed results)."""
     chosen = out or os.environ.get("OUT")
-    return [Path(chosen)] if chosen else [Path("benchmarks/results") / f"gpu_suite_{size.name}_{device.type}"]
+    return [Path(chosen)] if chosen else [Path("runs") / f"gpu_suite_{size.name}_{device.type}"]

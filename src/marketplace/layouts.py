@@ -1,4 +1,4 @@
-"""Ways to run one spec under every vendor's weights at once, all computing the same function.
+"""Batched vendor layouts: the ways to run one spec under all its vendors' weights at once (same result, other speed).
 
 `Market.evaluate` hands a spec its vendors' stacked weights {name: [M, *shape]}
 and either one input that every vendor reads (spec 0, and every spec under
@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .errors import UnsupportedLayout
+
 FORMULATIONS = ("auto", "vmap", "grouped", "wide")
 
 # The formulation "auto" picks, per device type: measured on the CPU (benchmarks/results/
@@ -42,9 +44,7 @@ def resolve(formulation: str, device: torch.device) -> str:
     return AUTO.get(device.type, "vmap") if formulation == "auto" else formulation
 
 
-class Unsupported(Exception):
-    """The grouped layout has no rule for this module or shape; use vmap."""
-
+Unsupported = UnsupportedLayout  # the old name
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU,
                 nn.Softplus, nn.Identity)
@@ -131,7 +131,7 @@ def grouped_layer(module: nn.Module, own: dict[str, torch.Tensor], h: torch.Tens
         return F.relu(h, inplace=True)
     if isinstance(module, _ELEMENTWISE):
         return module(h)
-    raise Unsupported(type(module).__name__)
+    raise UnsupportedLayout(type(module).__name__)
 
 
 def wide_layer(module: nn.Module, own: dict[str, torch.Tensor], x: torch.Tensor,
@@ -163,7 +163,7 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
     elif not shared:
         m = inp.shape[0]
     else:  # no weights to say how many vendors read the input
-        raise Unsupported("a spec without parameters")
+        raise UnsupportedLayout("a spec without parameters")
     layers = _plan(spec)
     own = lambda names: {n: params[full] for n, full in names.items()}
     start, owned = 0, False

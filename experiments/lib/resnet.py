@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -23,11 +22,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..functional import path_losses
-from ..machine import machine_summary, resolve_device
-from ..training import TrainConfig, accuracy, batch_indices, build_market, build_optimizer
-from ..training.config import DEFAULT_LR
-from ..training.loop import data_shape, load_training_data
+from marketplace.functional import path_losses
+from marketplace.io import atomic_path, write_atomic, write_json
+from marketplace.machine import machine_summary, resolve_device
+from marketplace.training import TrainConfig, accuracy, batch_indices, build_market, build_optimizer
+from marketplace.training.config import DEFAULT_LR
+from marketplace.training.loop import data_shape, load_training_data
 
 
 def _curve(name: str, step_fn: Callable[[torch.Tensor, torch.Tensor], None], model: torch.nn.Module,
@@ -105,16 +105,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         results["runs"].append(_curve(name, bp_step, model, data, cfg, args.steps, budget, args.late_eval_every,
                                       args.max_backprop_steps, out / f"{name}.jsonl"))
-    write_json(out / "resnet.json", results)
+    write_json(out / "resnet.json", results, indent=1)
     write_report(out)
     return results
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Atomically: a temporary file beside `path`, renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def write_report(out: Path) -> None:
@@ -149,7 +142,7 @@ def write_report(out: Path) -> None:
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items() if v is not None and k != "out") + "`.",
         "",
     ]
-    (out / "resnet.md").write_text("\n".join(text))
+    write_atomic(out / "resnet.md", "\n".join(text))
 
     import matplotlib
     matplotlib.use("Agg")
@@ -172,10 +165,9 @@ def write_report(out: Path) -> None:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{cfg['arch']} on {cfg['dataset']}, shared CPU", fontsize=10)
     fig.tight_layout()
-    tmp = out / ".resnet.png.tmp.png"
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(out / "resnet.png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    os.replace(tmp, out / "resnet.png")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -197,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/resnet")
+    p.add_argument("--out", default="runs/resnet", help="default runs/resnet; results/resnet holds the committed run")
     p.add_argument("--report-only", action="store_true", help="rewrite resnet.md and resnet.png from resnet.json")
     return p
 

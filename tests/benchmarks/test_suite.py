@@ -2,7 +2,7 @@ import json
 
 import torch
 
-from marketplace.experiments.suite import Suite, TINY, run_suite, summary_table
+from benchmarks.lib.suite import Suite, TINY, run_suite, summary_table
 
 
 def test_tiny_suite_runs_every_part_and_leaves_json(small_data, tmp_path):

@@ -1,4 +1,4 @@
-"""The cost model of docs/algorithm.md section 3: products, FLOPs and unit cost per product.
+"""The cost model of a market: products, FLOPs and unit cost per product (docs/algorithm.md).
 
 S_k is the cost of spec k on one example (multiply-adds x 2 of its
 convolutions and linear layers, counted from the layer shapes; activations,
@@ -10,7 +10,8 @@ sampling), one market step on a batch of B examples costs
 
 for P_N final products: a unit cost C / P_N per product, against
 sum_k S_k for the "all at once" market (depth 1), whose unit cost does not
-depend on its vendor count.
+depend on its vendor count. `products` is the one count of P_k that the
+market, the cheap-vendors rule and the tables share.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def spec_flops(spec: nn.Module, input_shape: Sequence[int]) -> tuple[int, torch.
         for h in handles:
             h.remove()
     return total, out.shape[1:]
+
+
+def products(vendors: Sequence[int], sampling: Sequence[int] | int = 0) -> tuple[int, ...]:
+    """P_k after each spec: M_k x P_{k-1} with full sampling (S_k = 0), M_k x S_k otherwise."""
+    sampling = [sampling] * len(vendors) if isinstance(sampling, int) else list(sampling)
+    counts, upstream = [], 1
+    for m, s in zip(vendors, sampling):
+        upstream = m * (s or upstream)
+        counts.append(upstream)
+    return tuple(counts)
+
+
+def step_flops(costs: Sequence[float], vendors: Sequence[int], sampling: Sequence[int] | int = 0) -> float:
+    """C / B = sum_k P_k x S_k: FLOPs of one step per example, from S_k (`costs`) and the vendor counts."""
+    return sum(p * s for p, s in zip(products(vendors, sampling), costs))
 
 
 @dataclass(frozen=True)
@@ -99,16 +115,6 @@ class MarketCost:
                 "all_at_once_unit_cost": self.all_at_once_unit_cost, "speedup": self.speedup}
 
 
-def products(vendors: Sequence[int], sampling: Sequence[int] | int = 0) -> tuple[int, ...]:
-    """P_k after each spec: M_k x P_{k-1} with full sampling (S_k = 0), M_k x S_k otherwise."""
-    sampling = [sampling] * len(vendors) if isinstance(sampling, int) else list(sampling)
-    counts, upstream = [], 1
-    for m, s in zip(vendors, sampling):
-        upstream = m * (s or upstream)
-        counts.append(upstream)
-    return tuple(counts)
-
-
 def market_cost(specs: Sequence[nn.Module], vendors: Sequence[int], sampling: Sequence[int] | int = 0,
                 input_shape: Sequence[int] = (1, 28, 28), batch: int = 1) -> MarketCost:
     """The cost of one step of the market `specs` x `vendors` on `batch` examples of `input_shape`."""
@@ -123,8 +129,8 @@ def market_cost(specs: Sequence[nn.Module], vendors: Sequence[int], sampling: Se
 
 
 def beautiful_mnist_cost(vendors: Sequence[int], sampling: Sequence[int] | int = 0, batch: int = 1) -> MarketCost:
-    """`market_cost` for the CNN of section 9 split into len(vendors) specs."""
-    from ..models import beautiful_mnist
+    """`market_cost` for the beautiful-MNIST CNN split into len(vendors) specs."""
+    from .models import beautiful_mnist
 
     return market_cost(beautiful_mnist(depth=len(vendors)), vendors, sampling, batch=batch)
 

@@ -4,7 +4,7 @@ from torch import nn
 
 from helpers import path_reference
 from marketplace import Market, MarketError, draw_vendors
-from marketplace import formulations
+from marketplace import layouts
 from marketplace.models import beautiful_mnist, mlp
 
 ROUTES = ["vmap", "grouped", "wide"]
@@ -75,7 +75,7 @@ class Scale(nn.Module):
 def test_an_unknown_layer_falls_back_to_vmap(route):
     torch.manual_seed(3)
     specs = [nn.Sequential(nn.Linear(4, 3), Scale()), nn.Sequential(nn.Linear(3, 2))]
-    assert not formulations.expressible(specs[0]) and formulations.expressible(specs[1])
+    assert not layouts.expressible(specs[0]) and layouts.expressible(specs[1])
     market = Market(specs, vendors=[2, 3], formulation=route)
     vendors = draw_vendors(seed=3, step=0, counts=market.vendor_counts, sigma=[0.5, 0.5])
     assert_every_path_matches(market, vendors, torch.randn(3, 4))
@@ -95,8 +95,8 @@ def test_wide_reads_a_shared_input_without_copying_it():
     x = torch.randn(5, 1, 10, 10)
     try:
         torch.nn.functional.conv2d = spy
-        formulations.grouped_spec(spec, params, x, shared=True, wide=True)
-        formulations.grouped_spec(spec, params, x, shared=True, wide=False)
+        layouts.grouped_spec(spec, params, x, shared=True, wide=True)
+        layouts.grouped_spec(spec, params, x, shared=True, wide=False)
     finally:
         torch.nn.functional.conv2d = real
     assert seen[0] == ((5, 1, 10, 10), (12, 1, 3, 3))  # wide: the input once, 4 vendors x 3 outputs
@@ -117,9 +117,9 @@ def test_bf16_routes_stay_close_to_fp32():
 
 
 def test_auto_resolves_per_device_and_bad_names_are_refused():
-    assert formulations.resolve("auto", torch.device("cpu")) == formulations.AUTO["cpu"]
-    assert formulations.resolve("grouped", torch.device("cpu")) == "grouped"
-    assert formulations.resolve("auto", torch.device("meta")) == "vmap"
+    assert layouts.resolve("auto", torch.device("cpu")) == layouts.AUTO["cpu"]
+    assert layouts.resolve("grouped", torch.device("cpu")) == "grouped"
+    assert layouts.resolve("auto", torch.device("meta")) == "vmap"
     with pytest.raises(MarketError, match="formulation must be one of"):
         Market(tiny_cnn(), vendors=2, formulation="fast")
 
@@ -147,7 +147,7 @@ def test_relu_in_place_never_touches_the_callers_input():
     inp = torch.randn(3, 4, 6)
     before = inp.clone()
     for shared, x in ((False, inp), (True, inp[0])):
-        formulations.grouped_spec(spec, params, x, shared=shared, wide=True)
+        layouts.grouped_spec(spec, params, x, shared=shared, wide=True)
     assert torch.equal(inp, before)
 
 
@@ -165,12 +165,12 @@ def test_a_spec_without_parameters_runs_grouped_or_goes_to_vmap(monkeypatch):
     spec = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
     x = torch.randn(3, 4, 2, 6, 6)  # [M, N, C, H, W]: vendor j's own input
     expected = torch.stack([spec(xi) for xi in x])
-    torch.testing.assert_close(formulations.grouped_spec(spec, {}, x, shared=False), expected)
-    with pytest.raises(formulations.Unsupported):
-        formulations.grouped_spec(spec, {}, x[0], shared=True)
-    monkeypatch.setattr(formulations, "vmap_spec", lambda spec, shared: "vmap")
-    assert formulations.spec_function(spec, "wide", shared=True) == "vmap"  # no weights: vmap decides
-    assert formulations.spec_function(spec, "wide", shared=False) != "vmap"
+    torch.testing.assert_close(layouts.grouped_spec(spec, {}, x, shared=False), expected)
+    with pytest.raises(layouts.UnsupportedLayout):
+        layouts.grouped_spec(spec, {}, x[0], shared=True)
+    monkeypatch.setattr(layouts, "vmap_spec", lambda spec, shared: "vmap")
+    assert layouts.spec_function(spec, "wide", shared=True) == "vmap"  # no weights: vmap decides
+    assert layouts.spec_function(spec, "wide", shared=False) != "vmap"
 
 
 def test_a_replaced_layer_is_seen_though_the_layer_plan_is_kept():
@@ -179,8 +179,8 @@ def test_a_replaced_layer_is_seen_though_the_layer_plan_is_kept():
     spec = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     params = {n: p.detach().unsqueeze(0).repeat(2, *[1] * p.dim()) for n, p in spec.named_parameters()}
     x = torch.randn(5, 4)
-    before = formulations.grouped_spec(spec, params, x, shared=True)
+    before = layouts.grouped_spec(spec, params, x, shared=True)
     assert torch.allclose(before[0], spec(x), atol=1e-6)
     spec[1] = nn.Tanh()  # same parameters, another layer
-    after = formulations.grouped_spec(spec, params, x, shared=True)
+    after = layouts.grouped_spec(spec, params, x, shared=True)
     assert torch.allclose(after[0], spec(x), atol=1e-6) and not torch.allclose(after, before)

@@ -4,22 +4,18 @@ A market step allocates its products afresh every step: hundreds of MB at
 batch 512. glibc serves every block over 32 MB (and, by default, many
 smaller ones) with a fresh mmap and gives it back on free, so each step
 touches new pages: tens of thousands of minor faults and kernel time per
-step. `reuse_freed_memory` keeps freed memory in the process instead.
+step. `marketplace.memory.reuse_freed_memory` keeps freed memory in the process instead.
 Each setting runs in its own child process (the settings are process-wide),
 round-robin, so a loaded shared machine slows them alike.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import statistics
 import subprocess
 import sys
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 SETTINGS = {
     "default": {},  # the allocator as torch leaves it
@@ -28,23 +24,9 @@ SETTINGS = {
 }
 
 
-def reuse_freed_memory() -> bool:
-    """Keep freed memory in this process (glibc only): every block from the heap, the heap never trimmed.
-
-    Returns whether the allocator took the setting. Process-wide and lasting:
-    the CLI applies it to CPU runs; a library caller decides for itself.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
-    return bool(ok and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
-
-
 _CHILD = """
 import json, resource, sys, time, torch
-from marketplace.experiments.page_faults import reuse_freed_memory
+from marketplace.memory import reuse_freed_memory
 import os
 if os.environ.get("MARKETPLACE_REUSE_MEMORY") == "1":
     assert reuse_freed_memory()

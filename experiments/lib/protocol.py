@@ -2,13 +2,13 @@
 
 MNIST, the beautiful-MNIST CNN as a 4x4x4 market, batch 128, 1,500 steps,
 seeds 0, 1 and 2; final test accuracy of the base weights on all 10,000
-test images, as mean and spread over the seeds, for V2 as it was before the
-issue and for each variant. Every run is `marketplace train ... --json` in
+test images, as mean and spread over the seeds, for plain V2 (exactly the
+vendors asked for) and for each variant. Every run is `marketplace train ... --json` in
 its own process (one intra-op thread each), so `--jobs 2` runs two at once
 on a 2-core machine. A run whose result file exists is not run again: the
 protocol can be stopped and resumed, and a partial table is still a table.
 
-    uv run python -m marketplace.experiments.protocol --jobs 2
+    uv run python experiments/protocol.py --jobs 2
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..diagnostics.grid import write_atomic
-from ..machine import cpu_name
+from marketplace.io import write_atomic
+from marketplace.machine import cpu_name
 
 # name -> options of `marketplace train` beyond the protocol's own
 VARIANTS: dict[str, list[str]] = {
-    "v2": ["--cheap-vendors", "0"],  # V2 before cheap vendors: lr 0.15, probe scale 0.03, decay 1e-5, 4x4x4
-    # what --cheap-vendors 0.05 (the first cheap-vendors default, before 4x4x64) makes of 4,4,4: 32 head vendors,
+    "v2": ["--cheap-vendors", "0"],  # plain V2: lr 0.15, probe scale 0.03, decay 1e-5, 4x4x4
+    # what --cheap-vendors 0.05 (an earlier default) makes of 4,4,4: 32 head vendors,
     # 3% more FLOPs
     "v2-4x4x32": ["--vendors", "4,4,32", "--cheap-vendors", "0"],
     # twice the head vendors, 7% more FLOPs (--cheap-vendors 0.1, the default since); and with a cosine
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one intra-op thread each)")
-    parser.add_argument("--out", default="results/protocol")
+    parser.add_argument("--out", default="runs/protocol", help="default runs/protocol; results/protocol holds the committed table")
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, start none")
     args = parser.parse_args(argv)
     names = args.variants.split(",")

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..defaults import CLI_CHEAP_VENDORS, DEFAULT_LR
+from marketplace.defaults import CLI_CHEAP_VENDORS, DEFAULT_LR
 
 
 class TrainingParts:
@@ -18,8 +18,8 @@ class TrainingParts:
 
     def train_v2(self, vendors: int, checkpoint: Path, exclude: tuple[int, ...] = ()) -> dict:
         """V2 with the published settings (lr 0.1, probe scale 0.1, decay 1e-5, per-spec units)."""
-        from ..continual.pretrain import pretrain
-        from ..training import Hook, TrainConfig
+        from marketplace.continual.pretrain import pretrain
+        from marketplace.training import Hook, TrainConfig
 
         accuracy: dict[int, float] = {}
 
@@ -52,7 +52,7 @@ class TrainingParts:
         schedule's horizon is train_steps. wall_s counts from before the data is loaded. `lr` replaces the
         default rate and `extend=False` stops at train_steps (the rate sweep).
         """
-        from ..training import Hook, TrainConfig, train
+        from marketplace.training import Hook, TrainConfig, train
 
         s, t0 = self.size, time.perf_counter()
         curve: dict[int, float] = {}
@@ -113,7 +113,7 @@ class TrainingParts:
         return out
 
     def backprop(self) -> dict:
-        from ..experiments.baselines import BackpropConfig, train_backprop
+        from experiments.lib.baselines import BackpropConfig, train_backprop
 
         out = {}
         for algorithm in ("adam", "sgd"):
@@ -129,8 +129,8 @@ class TrainingParts:
 
     def continual(self, experiment: str, checkpoint: Path, steps: int, cap_s: float) -> dict:
         """A published continual experiment from a V2 checkpoint; fewer steps if `cap_s` (or the budget) is short."""
-        from ..continual.experiment import ContinualConfig, run_experiment
-        from ..training import Hook
+        from marketplace.continual.experiment import ContinualConfig, run_experiment
+        from marketplace.training import Hook
 
         curve: dict[int, dict] = {}
 

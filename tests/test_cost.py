@@ -1,4 +1,4 @@
-"""Tests of marketplace.experiments.cost: the section-3 cost model against FLOPs torch counts over a market step."""
+"""Tests of marketplace.cost: the cost model against FLOPs torch counts over a market step."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from marketplace import Market, beautiful_mnist, draw_vendors
-from marketplace.experiments.cost import beautiful_mnist_cost, format_table, market_cost, products, spec_flops
+from marketplace.cost import beautiful_mnist_cost, format_table, market_cost, products, spec_flops
 from helpers import run_cli
 
 

@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import data
-from ..data import DATASETS
-from ..errors import MarketplaceError
-from ..machine import resolve_device
-from ..models import beautiful_mnist
-from ..training import Hook, StepRate, accuracy, finished
-from ..training import loop  # loop.batch_indices looked up at call time: a test spies on it
+from marketplace import data
+from marketplace.data import DATASETS
+from marketplace.errors import MarketplaceError
+from marketplace.machine import resolve_device
+from marketplace.models import beautiful_mnist
+from marketplace.training import Hook, StepRate, accuracy, finished
+from marketplace.training import loop  # loop.batch_indices looked up at call time: a test spies on it
 
 BACKPROP_ALGORITHMS = ("sgd", "adam")
 DEFAULT_BACKPROP_LR = {"sgd": 3e-3, "adam": 1e-3}

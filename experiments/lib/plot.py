@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import MarketplaceError
+from marketplace.errors import MarketplaceError
+from marketplace.io import atomic_path
 
 THRESHOLDS = (90.0, 95.0, 97.0, 98.0)
 
@@ -176,7 +177,8 @@ def plot_runs(runs: Sequence[RunLog], out: str | os.PathLike, title: str | None 
     if note:
         fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="0.35")
     fig.tight_layout(rect=(0, 0.02, 1, 0.97))
-    fig.savefig(out, dpi=110)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out
 

@@ -2,8 +2,8 @@ import json
 
 import torch
 
+from benchmarks.lib.speed import bench_market, looped_evaluate, run, table
 from marketplace import Market, draw_vendors
-from marketplace.experiments.speed import bench_market, looped_evaluate, run, table
 from marketplace.models import beautiful_mnist
 
 

@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import MarketplaceError
-from ..training import JsonLog
-from .config import ContinualConfig
-from .experiment import EXPERIMENTS, run_experiment
-from .report import PrintProgress, mlflow_hook, plot_log
+from marketplace.continual.config import ContinualConfig
+from marketplace.continual.experiment import EXPERIMENTS, run_experiment
+from marketplace.continual.report import PrintProgress, mlflow_hook, plot_log
+from marketplace.errors import MarketplaceError
+from marketplace.io import write_atomic
+from marketplace.training import JsonLog
 
 BASES = {"dress": "results/continual/bases/digits.safetensors",
          "dress-class10": "results/continual/bases/digits.safetensors",
@@ -86,8 +87,6 @@ def run_script(experiment: str, description: str, argv: list[str] | None = None)
     except MarketplaceError as e:
         sys.exit(f"error: {e}")
     plot_log(log, out / f"{args.name}.png", title=exp.TITLE)
-    from ..diagnostics.grid import write_atomic
-
     write_atomic(out / f"{args.name}.json", json.dumps(summary, indent=2) + "\n")
     verdict = "met" if summary["target_met"] else "not met"
     print(f"target ({exp.TARGET}): {verdict} at {args.steps} steps", flush=True)
