@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/bench/serving_benchmark.json",
-                        help="results/continual/serving_benchmark.json is the committed one")
+                        help="results/continual/early/serving_benchmark.json is the committed one")
     args = parser.parse_args()
 
     device = torch.device(args.device)
