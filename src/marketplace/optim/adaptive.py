@@ -81,9 +81,9 @@ class AdaptiveV2(V2):
     """V2 whose per-spec rates are tuned every step by a market over step lengths.
 
     meta_lr: the half-width of the relative rate changes tried; it shrinks
-    by (1 - meta_lr_decay) per step (the old argument `decay` meant this
-    here). `step` needs the closure that re-evaluates the market on the same
-    batch.
+    by (1 - meta_lr_decay) per step (what the old argument `decay` meant
+    here); lr_decay (default 0) decays the kept rate as in V2. `step` needs
+    the closure that re-evaluates the market on the same batch.
 
     The rate otherwise random-walks on one batch's noise. rate_bounds=(lo, hi)
     keeps each spec's rate within [lo, hi] times its initial rate (the

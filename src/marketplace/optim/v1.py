@@ -13,6 +13,10 @@ class V1(RateOptimizer):
 
     algorithm = "v1"
 
+    def __init__(self, market, lr, lr_decay: float | None = None, seed: int = 0, cache_deltas: bool = True,
+                 on_nonfinite: str = "raise", *, decay: float | None = None):
+        super().__init__(market, lr, lr_decay, seed, cache_deltas, on_nonfinite, decay=decay)
+
     def _update(self, losses: torch.Tensor, paths: torch.Tensor, closure=None) -> None:
         best = best_path(losses, paths)
         market, device = self.market, self.market.device
