@@ -195,6 +195,10 @@ class RateOptimizer(MarketOptimizer):
         """The old name of `legacy_decay` (lr_decay here, meta_lr_decay for AdaptiveV2)."""
         return getattr(self, self.legacy_decay)
 
+    @decay.setter
+    def decay(self, value: float) -> None:
+        setattr(self, self.legacy_decay, check_fraction("decay", value))
+
     def _after_step(self) -> None:
         self._lr = [r * (1.0 - self.lr_decay) for r in self._lr]
 
