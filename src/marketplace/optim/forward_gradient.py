@@ -25,6 +25,8 @@ from ..market import Market
 from ..vendors import SeededVendors, draw_vendors
 from .checks import check_choice, check_per_spec, check_positive, check_seed
 
+__all__ = ["DIRECTIONS", "ForwardGradient", "check_market", "spec_groups", "write_grads"]
+
 DIRECTIONS = ("unit", "raw")
 
 
