@@ -22,7 +22,7 @@ from ..market import Market
 from ..errors import MarketplaceError
 from ..models import build_model, canonical_source, is_factory_source
 from ..norms import norm_layer
-from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizer, TorchMarketOptimizer
+from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizerProtocol, TorchMarketOptimizer
 from ..rng import derive_seeds
 from ..vendors import BATCH_STREAM, Vendors
 from .checkpoint import Checkpoint, CheckpointError, check_resume, load_checkpoint, save_checkpoint
@@ -119,7 +119,7 @@ def build_torch_v2(config: TrainConfig, market: Market, lr: float) -> TorchMarke
                                 config.on_nonfinite)
 
 
-def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizer | TorchMarketOptimizer:
+def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizerProtocol:
     """V1, V2 or AdaptiveV2; v2 with torch options goes through torch.optim (plain V2 is the same as sgd + constant)."""
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.algorithm]
     if config.algorithm == "v2" and config.torch_options_used():
