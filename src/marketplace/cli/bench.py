@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from . import app
-from .parse import ints
+from .parse import fresh_dir, ints
 
 FORMULATION_ROWS = "vmap,grouped,wide"  # what --formulations all times
 
@@ -28,7 +28,7 @@ def bench(
     philox: bool = typer.Option(False, help="also time expanding the deltas from their seeds alone"),
     page_faults: bool = typer.Option(False, help="CPU: also compare minor page faults per step by allocator setting"),
     note: str = typer.Option("", help="a line for the markdown, e.g. 'shared machine, 4 other jobs'"),
-    out: Optional[str] = typer.Option(None, help="JSON path (default benchmarks/results/step_speed_<device>.json)"),
+    out: str = typer.Option(default_factory=lambda: fresh_dir("bench") + "/step_speed.json", show_default="runs/bench-<time>/step_speed.json", help="JSON path, .md beside it (benchmarks/results/ holds the committed tables)"),
 ):
     """Time the market step against a per-vendor loop, backprop SGD and plain inference."""
     from ..errors import MarketplaceError
