@@ -1,6 +1,6 @@
 """Every GPU figure in one call of at most ~10 minutes: CUDA tests, step speed, training runs, continual learning.
 
-On the lent GPU machine (docs/gpu.md has the whole device-tool command):
+On a CUDA machine (docs/gpu.md: install, data, options, how to read the results):
 
     python3 benchmarks/gpu_suite.py --out $OUT            # full sizes, 540-s budget
 

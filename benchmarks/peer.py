@@ -49,7 +49,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def initial_specs(depth: int, seed: int):
-    """The CNN of ALGORITHM.md section 9 split `depth` ways; the same weights for every depth and method."""
+    """The CNN of docs/algorithm.md section 9 split `depth` ways; the same weights for every depth and method."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return beautiful_mnist(depth=depth)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from marketplace.machine import machine_summary
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 from marketplace.training import TrainConfig, build_market, build_optimizer, save_checkpoint
 
 RESULTS = Path(__file__).parent / "results"

@@ -16,7 +16,7 @@
    the end all are tested on held-out test images at the final angle and
    upright.
 2. Dress through HTTP. The first steps of `marketplace continual dress`
-   (ALGORITHM.md section 7: 240 digits + 16 dresses per step, class 10 new,
+   (docs/algorithm.md section 7: 240 digits + 16 dresses per step, class 10 new,
    K = 256, lr 1e-2, whole-model unit vector) are sent to a server as
    predict + feedback, and the same steps run in process with
    `ContinualLearner`; the weights are compared.
@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from marketplace import data
-from marketplace.client import Client
+from marketplace.serving import Client
 from marketplace.machine import machine_summary
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "server"
 TOKEN = "drift-token"

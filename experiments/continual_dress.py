@@ -1,4 +1,4 @@
-"""Continual learning, experiment 1 (ALGORITHM.md section 7): digits, then dress as class 10.
+"""Continual learning, experiment 1 (docs/algorithm.md section 7): digits, then dress as class 10.
 
     OMP_NUM_THREADS=1 uv run python experiments/continual_dress.py --pretrain-seconds 420 --steps 600
 

@@ -1,4 +1,4 @@
-"""Continual learning, experiment 2 (ALGORITHM.md section 7): digits 0-8, then learn 9.
+"""Continual learning, experiment 2 (docs/algorithm.md section 7): digits 0-8, then learn 9.
 
     OMP_NUM_THREADS=1 uv run python experiments/continual_nine.py --pretrain-seconds 420 --steps 600
 

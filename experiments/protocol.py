@@ -1,4 +1,4 @@
-"""The measurement protocol of issue 11: MNIST, 4x4x4, batch 128, 1,500 steps, seeds 0/1/2.
+"""The measurement protocol: MNIST, 4x4x4, batch 128, 1,500 steps, seeds 0/1/2.
 
 Accuracy at equal steps does not depend on the machine's load. Runs V2 as
 before the issue and each variant of src/marketplace/experiments/protocol.py

@@ -1,4 +1,4 @@
-"""The algorithm as pure functions of tensors (ALGORITHM.md sections 4 and 5).
+"""The algorithm as pure functions of tensors (docs/algorithm.md sections 4 and 5).
 
 Nothing here holds state or draws random numbers: a test, a distributed
 worker or an inference server can call these without an optimizer object.

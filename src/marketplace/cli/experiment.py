@@ -115,7 +115,7 @@ def cost(
     batch: int = typer.Option(1, help="examples per step (FLOPs scale with it; unit cost per example when 1)"),
     json_out: bool = typer.Option(False, "--json", help="one JSON line per market"),
 ):
-    """Products, FLOPs and unit cost per product of beautiful-MNIST markets (ALGORITHM.md section 3)."""
+    """Products, FLOPs and unit cost per product of beautiful-MNIST markets (docs/algorithm.md section 3)."""
     from ..experiments.cost import beautiful_mnist_cost, format_table
     from ..market import Market
     from ..models import beautiful_mnist

@@ -48,8 +48,8 @@ def serve(
     import torch
     import uvicorn
 
-    from ..server import ServerConfig, create_app, engine_from_checkpoint
-    from ..server.auth import resolve_token
+    from ..serving import ServerConfig, create_app, engine_from_checkpoint
+    from ..serving.auth import resolve_token
 
     if threads:
         torch.set_num_threads(threads)
@@ -61,10 +61,11 @@ def serve(
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, protect_predict=protect_predict, device=device)
     engine = engine_from_checkpoint(checkpoint, config)
-    status = engine.status()
+    status, model = engine.status(), engine.model
     print(f"marketplace serve: http://{host}:{port} step {status['step']} "
-          f"({status['replayed']} records replayed from {store}), learning {'on' if learning else 'off'}",
-          file=sys.stderr, flush=True)
+          f"({status['replayed']} records replayed from {store}), learning {'on' if learning else 'off'}; "
+          f"{model['source']} on inputs {model['input_shape']}, {model['served_classes']} classes, "
+          f"vendors {list(engine.market.vendor_counts)}", file=sys.stderr, flush=True)
     if made_up:
         print(f"token (made up for this run; set --token or $MARKETPLACE_TOKEN to choose one): {secret}",
               file=sys.stderr, flush=True)

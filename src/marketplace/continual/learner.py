@@ -1,4 +1,4 @@
-"""Continual learning from inference (ALGORITHM.md section 7).
+"""Continual learning from inference (docs/algorithm.md section 7).
 
 A deployed market serves every request along one random path
 (`continual.serving`). For each request the learner keeps the path and,

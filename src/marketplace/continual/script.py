@@ -1,63 +1,94 @@
-"""The published experiments as scripts (`experiments/continual_dress.py`, `..._nine.py`): one shared body.
+"""The continual experiments as resumable scripts (`experiments/continual_*.py`): one shared body.
 
-1. Pre-train the beautiful-MNIST CNN with V2 (4x4x4), leaving the
-   experiment's held-out classes out of the loss, unless the checkpoint exists.
-2. Serve old + new images each step, every one along a random path, and
-   reconcile every step's records as V2 (whole-model unit vector, fixed lr).
-3. Write the JSON-lines log, the plot and a summary under --out.
+Serve old + new images each step, every one along a random path, and
+reconcile every step's records as V2; checkpoint every `--checkpoint-every`
+steps; write the JSON-lines log, the plot and a summary under `--out`.
+Running with `--resume` continues a run from its checkpoint; without it an
+existing run is never overwritten.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..training import JsonLog, TrainConfig
-from .experiment import EXPERIMENTS, ContinualConfig, run_experiment
-from .pretrain import pretrain
+from ..errors import MarketplaceError
+from ..training import JsonLog
+from .config import ContinualConfig
+from .experiment import EXPERIMENTS, run_experiment
 from .report import PrintProgress, mlflow_hook, plot_log
+
+BASES = {"dress": "results/continual/bases/digits.safetensors",
+         "dress-class10": "results/continual/bases/digits.safetensors",
+         "nine": "results/continual/bases/no9.safetensors"}
+
+
+def parser(experiment: str, description: str) -> argparse.ArgumentParser:
+    """The script's arguments: those of `ContinualConfig`, with its defaults."""
+    exp, d = EXPERIMENTS[experiment], ContinualConfig()
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--checkpoint", default=BASES[experiment], help="the base to start from")
+    p.add_argument("--steps", type=int, default=20_000, help="continual steps (published: 100,000)")
+    p.add_argument("--old-per-step", type=int, default=d.old_per_step)
+    p.add_argument("--new-per-step", type=int, default=d.new_per_step)
+    p.add_argument("--few-shot", action="store_true", help=f"the published sampling: {exp.FEW_SHOT}")
+    p.add_argument("--vendors", default=",".join(map(str, d.vendors)))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--probe-scale", type=float, default=d.probe_scale)
+    p.add_argument("--unit", default=d.unit, choices=["model", "spec"])
+    p.add_argument("--records", type=int, default=None, help="K records per update (default: a step's images)")
+    p.add_argument("--outliers", type=float, default=None)
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--balanced", action="store_true")
+    p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-samples", type=int, default=d.eval_samples)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=f"runs/continual/{experiment}", help="directory for NAME.{jsonl,safetensors,png,json}")
+    p.add_argument("--name", default=experiment)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--mlflow", action="store_true", help="also log to MLflow (needs the mlflow extra)")
+    return p
 
 
 def run_script(experiment: str, description: str, argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse the script's arguments, pre-train if needed, run `experiment` and write its results."""
+    """Parse the script's arguments, run (or resume) `experiment` and write its results."""
+    args = parser(experiment, description).parse_args(argv)
     exp = EXPERIMENTS[experiment]
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--checkpoint", default=exp.DEFAULT_CHECKPOINT)
-    p.add_argument("--pretrain-steps", type=int, default=2000, help="published: 2,000 (96%%)")
-    p.add_argument("--pretrain-seconds", type=float, default=None, help="or stop pre-training after this long")
-    p.add_argument("--steps", type=int, default=1000, help="continual steps (published: 100,000)")
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--probe-scale", type=float, default=1.0)
-    p.add_argument("--few-shot", action="store_true", help=f"the published sampling: {exp.FEW_SHOT}")
-    p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--eval-samples", type=int, default=2000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--out", default="results/continual",
-                   help=f"directory for {experiment}.jsonl, {experiment}.png, {experiment}.json")
-    p.add_argument("--name", default=experiment)
-    args = p.parse_args(argv)
-
-    if not Path(args.checkpoint).exists():
-        summary = pretrain(TrainConfig(algorithm="v2", vendors=(4, 4, 4), batch=128, steps=args.pretrain_steps,
-                                       max_seconds=args.pretrain_seconds, device=args.device,
-                                       data_dir=args.data_dir, checkpoint=args.checkpoint, eval_every=100,
-                                       eval_samples=1000), exclude=exp.EXCLUDE)
-        held_out = f" without {', '.join(map(str, exp.EXCLUDE))}" if exp.EXCLUDE else ""
-        print(f"pre-trained{held_out}: {summary['test_accuracy']:.2f}% after {summary['steps']} steps", flush=True)
     out = Path(args.out)
+    log, save = out / f"{args.name}.jsonl", out / f"{args.name}.safetensors"
+    if save.exists() and not args.resume:
+        sys.exit(f"error: {save} holds a run already: pass --resume to continue it, or another --out")
+    try:
+        vendors = tuple(int(v) for v in args.vendors.split(","))
+    except ValueError:
+        sys.exit(f"error: --vendors must be comma-separated integers, got {args.vendors!r}")
     out.mkdir(parents=True, exist_ok=True)
-    log = out / f"{args.name}.jsonl"
-    log.unlink(missing_ok=True)
-    config = ContinualConfig(experiment=experiment, checkpoint=args.checkpoint, steps=args.steps, lr=args.lr,
-                             probe_scale=args.probe_scale, few_shot=args.few_shot, eval_every=args.eval_every,
-                             eval_samples=args.eval_samples, device=args.device, data_dir=args.data_dir,
-                             log=str(log))
-    summary = run_experiment(config, [PrintProgress(), JsonLog(log), *mlflow_hook()])
+    if not args.resume or not save.exists():
+        log.unlink(missing_ok=True)
+    config = ContinualConfig(
+        experiment=experiment, checkpoint=args.checkpoint, steps=args.steps, old_per_step=args.old_per_step,
+        new_per_step=args.new_per_step, few_shot=args.few_shot, vendors=vendors, lr=args.lr,
+        probe_scale=args.probe_scale, unit=args.unit, records=args.records, outliers=args.outliers,
+        augment=args.augment, balanced=args.balanced, baseline=args.baseline, eval_every=args.eval_every,
+        eval_samples=args.eval_samples, log_every=args.log_every, seed=args.seed, device=args.device,
+        data_dir=args.data_dir, log=str(log), save=str(save), checkpoint_every=args.checkpoint_every,
+        resume=args.resume)
+    try:
+        summary = run_experiment(config, [PrintProgress(), JsonLog(log), *(mlflow_hook() if args.mlflow else [])])
+    except MarketplaceError as e:
+        sys.exit(f"error: {e}")
     plot_log(log, out / f"{args.name}.png", title=exp.TITLE)
-    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from ..diagnostics.grid import write_atomic
+
+    write_atomic(out / f"{args.name}.json", json.dumps(summary, indent=2) + "\n")
     verdict = "met" if summary["target_met"] else "not met"
-    print(f"target ({exp.TARGET}): {verdict} at {args.steps} steps")
+    print(f"target ({exp.TARGET}): {verdict} at {args.steps} steps", flush=True)
     return summary

@@ -1,4 +1,4 @@
-"""Random-path inference: each request goes through one vendor per spec (ALGORITHM.md section 7).
+"""Random-path inference: each request goes through one vendor per spec (docs/algorithm.md section 7).
 
 A deployed market serves every example along its own random path, so the
 requests themselves probe the vendors. The forward pass stays one batched

@@ -3,6 +3,6 @@
 `runs` names the experiments (`marketplace experiment NAME`) and trains
 their runs; `baselines` trains the same CNN with backprop on the same
 batches; `plot` draws and tabulates run logs; `cost` counts products and
-FLOPs of a market (ALGORITHM.md section 3); `speed` times the market step
+FLOPs of a market (docs/algorithm.md section 3); `speed` times the market step
 against a per-vendor loop, backprop and inference (`marketplace bench`).
 """

@@ -1,4 +1,4 @@
-"""The cost model of ALGORITHM.md section 3: products, FLOPs and unit cost per product.
+"""The cost model of docs/algorithm.md section 3: products, FLOPs and unit cost per product.
 
 S_k is the cost of spec k on one example (multiply-adds x 2 of its
 convolutions and linear layers, counted from the layer shapes; activations,

@@ -1,4 +1,4 @@
-"""The measurement protocol of issue 11: accuracy at equal steps, not at equal (loaded) wall time.
+"""The measurement protocol: accuracy at equal steps, not at equal (loaded) wall time.
 
 MNIST, the beautiful-MNIST CNN as a 4x4x4 market, batch 128, 1,500 steps,
 seeds 0, 1 and 2; final test accuracy of the base weights on all 10,000
@@ -28,8 +28,8 @@ from ..machine import cpu_name
 
 # name -> options of `marketplace train` beyond the protocol's own
 VARIANTS: dict[str, list[str]] = {
-    "v2": ["--cheap-vendors", "0"],  # V2 as before issue 11: lr 0.15, probe scale 0.03, decay 1e-5, 4x4x4
-    # what --cheap-vendors 0.05 (the default from issue 11 until 4x4x64) makes of 4,4,4: 32 head vendors,
+    "v2": ["--cheap-vendors", "0"],  # V2 before cheap vendors: lr 0.15, probe scale 0.03, decay 1e-5, 4x4x4
+    # what --cheap-vendors 0.05 (the first cheap-vendors default, before 4x4x64) makes of 4,4,4: 32 head vendors,
     # 3% more FLOPs
     "v2-4x4x32": ["--vendors", "4,4,32", "--cheap-vendors", "0"],
     # twice the head vendors, 7% more FLOPs (--cheap-vendors 0.1, the default since); and with a cosine

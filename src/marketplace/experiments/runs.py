@@ -32,7 +32,7 @@ from .plot import load_run, markdown_table, plot_runs
 PUBLISHED_BATCH = 512
 # The articles' settings, pinned here so that a change of the library's defaults (tuned for small
 # CPU markets) never changes an experiment. V1 (article 1): probe width = lr 1e-3, decay 1e-4.
-# V2 (article 2, ALGORITHM.md section 5): lr 0.1, decay 1e-5, probe scale 0.1, unit vector per spec.
+# V2 (article 2, docs/algorithm.md section 5): lr 0.1, decay 1e-5, probe scale 0.1, unit vector per spec.
 PUBLISHED_SETTINGS: dict[str, dict[str, Any]] = {
     "v1": dict(lr=1e-3, decay=1e-4),
     "v2": dict(lr=0.1, decay=1e-5, probe_scale=0.1, per_spec=True),

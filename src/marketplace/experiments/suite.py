@@ -1,4 +1,4 @@
-"""The GPU suite: every figure of a lent GPU machine in one call of at most ~10 minutes.
+"""The GPU suite: every GPU figure in one run under a wall-time budget.
 
 Parts run in order of priority, each only if its estimated time fits the
 wall-time budget that is left (else it is skipped, saying so); training

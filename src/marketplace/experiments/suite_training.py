@@ -43,7 +43,7 @@ class TrainingParts:
 
     def train_default(self, vendors: int, schedule: str, step_s: float, lr: float | None = None,
                       extend: bool = True) -> dict:
-        """Issue 11's row: `marketplace train`'s defaults at --vendors m,m,m --batch 512, and the time to 98%.
+        """The default row: `marketplace train`'s defaults at --vendors m,m,m --batch 512, and the time to 98%.
 
         The defaults: --cheap-vendors (CLI_CHEAP_VENDORS), lr 0.15, probe scale 0.03, decay 1e-5.
         A constant rate runs on past train_steps while the training clock stays under goal_s (estimated from
@@ -92,7 +92,7 @@ class TrainingParts:
     def sweep_default(self, vendors: int, step_s: float) -> dict:
         """The default trainer's rate at this scale: the lrs of `size.sweep_lrs`, constant and cosine, train_steps each.
 
-        The defaults were tuned at 4x4x4, batch 128 (README, "Choosing the rates"); 8x8x64 at batch 512 has a
+        The defaults were tuned at 4x4x4, batch 128 (docs/results.md, "Choosing the rates"); 8x8x64 at batch 512 has a
         better direction and may take a longer step. Each run is recorded as it ends.
         """
         out: dict[str, Any] = {"market": None, "batch": self.size.batch, "runs": {}}

@@ -1,7 +1,7 @@
-"""V2 with an adaptive learning rate found by a second forward pass (ALGORITHM.md section 6).
+"""V2 with an adaptive learning rate found by a second forward pass (docs/algorithm.md section 6).
 
 The rate kept from step to step is the best candidate of one batch, so it
-random-walks; rate_bounds and rate_smoothing stabilise it (issue 11, item 3).
+random-walks; rate_bounds and rate_smoothing stabilise it.
 """
 
 from __future__ import annotations

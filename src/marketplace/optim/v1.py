@@ -1,4 +1,4 @@
-"""V1: keep the best path, mutate around it (ALGORITHM.md section 4)."""
+"""V1: keep the best path, mutate around it (docs/algorithm.md section 4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""V2: reconcile the losses of every path into one direction (ALGORITHM.md section 5)."""
+"""V2: reconcile the losses of every path into one direction (docs/algorithm.md section 5)."""
 
 from __future__ import annotations
 

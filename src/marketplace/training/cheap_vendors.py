@@ -25,7 +25,7 @@ MEMORY_FACTOR = 8.0
 
 
 def step_flops(costs: Sequence[float], vendors: Sequence[int]) -> float:
-    """C = sum_k P_k S_k per example, full sampling (ALGORITHM.md section 3)."""
+    """C = sum_k P_k S_k per example, full sampling (docs/algorithm.md section 3)."""
     total, products = 0.0, 1
     for s, m in zip(costs, vendors):
         products *= m

@@ -21,13 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
-from ..data import MEAN, STD
 from ..errors import MarketplaceError
 from .auth import check_token
 from .batcher import MicroBatcher
 from .engine import Engine, RequestError
 from .metrics import Metrics
-from .schemas import FEEDBACK, REPORT, check_inputs, decode_json, decode_raw, parse_list
+from .schemas import FEEDBACK, REPORT, check_inputs, decode_json, decode_raw, normalize_pixels, parse_list
 
 log = logging.getLogger("marketplace.server")
 RAW = "application/octet-stream"
@@ -82,7 +81,6 @@ def create_app(engine: Engine) -> FastAPI:
     metrics = Metrics()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
     batcher_box: dict[str, MicroBatcher] = {}
-    pixels = (MEAN, STD) if (engine.model or {}).get("preset") == "beautiful_mnist" else None
 
     @asynccontextmanager
     async def lifespan(app):
@@ -142,18 +140,14 @@ def create_app(engine: Engine) -> FastAPI:
             guard(request)
         body = await request.body()
         if request.headers.get("content-type", "").split(";")[0].strip() == RAW:
-            x = decode_raw(body, request.headers.get("x-shape"), request.headers.get("x-dtype"), pixels)
+            x = decode_raw(body, request.headers.get("x-shape"), request.headers.get("x-dtype"))
         else:
             x = decode_json(body)
         x = check_inputs(x, engine.input_shape, config.max_request)
-        out, start = await batcher_box["b"].submit(x)
-        rows = slice(start, start + x.shape[0])
-        probs = torch.softmax(out.logits[rows].float(), dim=-1)
-        classes = probs.argmax(-1).tolist()
-        ids = out.ids[rows] if out.ids is not None else [None] * x.shape[0]
-        return {"step": out.step, "predictions": [
-            {"id": i, "class": c, "probabilities": p, "path": path, "step": out.step}
-            for i, c, p, path in zip(ids, classes, probs.tolist(), out.paths[rows].tolist())]}
+        if x.dtype == torch.uint8:
+            x = normalize_pixels(x, engine.pixels)
+        answer = await batcher_box["b"].submit(x)
+        return answer.to_json()
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
@@ -165,14 +159,8 @@ def create_app(engine: Engine) -> FastAPI:
     async def report(request: Request):
         guard(request)
         items = parse_list(REPORT, await request.body(), "report", config.max_records)
-        depth = engine.market.depth
-        short = [i for i, item in enumerate(items) if len(item.path) != depth]
-        if short:
-            raise RequestError(f"record {short[0]}: a path needs {depth} vendors (one per spec), "
-                               f"got {len(items[short[0]].path)}")
-        paths = torch.tensor([item.path for item in items], dtype=torch.int64)
         losses = torch.tensor([item.loss for item in items], dtype=torch.float64)
-        return await on_engine(engine.report, [item.step for item in items], paths, losses)
+        return await on_engine(engine.report, [item.step for item in items], [item.path for item in items], losses)
 
     @app.get("/v1/market")
     async def market(request: Request):

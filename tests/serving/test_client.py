@@ -1,4 +1,4 @@
-"""Tests of marketplace.client against a real server: the privacy client's records update as the server would."""
+"""Tests of marketplace.serving.client against a real server: the privacy client's records update as the server would."""
 
 import json
 
@@ -9,10 +9,10 @@ from safetensors.torch import load as load_bytes
 
 from helpers import tiny_checkpoint
 
-from marketplace.client import PrivateClient
+from marketplace.serving import PrivateClient
 from marketplace.continual import ContinualLearner, per_example_cross_entropy, serve
 from marketplace.optim import V2
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 from marketplace.training import load_checkpoint, market_from_checkpoint
 
 K = 4

@@ -69,9 +69,8 @@ def _shape(text: str | None) -> tuple[int, ...]:
     return shape
 
 
-def decode_raw(body: bytes, shape_header: str | None, dtype_header: str | None,
-               pixels: tuple[float, float] | None) -> torch.Tensor:
-    """Raw bytes + shape + dtype -> float32 tensor (uint8 pixels normalised with `pixels` = (mean, std))."""
+def decode_raw(body: bytes, shape_header: str | None, dtype_header: str | None) -> torch.Tensor:
+    """Raw bytes + shape + dtype -> a float32 tensor, or uint8 pixels (see `normalize_pixels`)."""
     if shape_header is None:
         raise RequestError("raw inputs need an X-Shape header (e.g. X-Shape: 8,1,28,28)")
     dtype = (dtype_header or "float32").lower()
@@ -81,11 +80,22 @@ def decode_raw(body: bytes, shape_header: str | None, dtype_header: str | None,
     expected = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
     if len(body) != expected:
         raise RequestError(f"X-Shape {list(shape)} of {dtype} needs {expected} bytes, the body has {len(body)}")
-    array = np.frombuffer(body, dtype=_DTYPES[dtype]).reshape(shape)
-    x = torch.from_numpy(array.astype(np.float32))
-    if dtype == "uint8" and pixels is not None:
-        x = (x / 255.0 - pixels[0]) / pixels[1]
-    return x
+    return torch.from_numpy(np.frombuffer(body, dtype=_DTYPES[dtype]).reshape(shape).copy())
+
+
+def normalize_pixels(x: torch.Tensor, pixels: tuple | None) -> torch.Tensor:
+    """uint8 pixels [B, C, ...] -> float32 as training saw them: (x / 255 - mean) / std.
+
+    pixels: (mean, std), numbers or one per channel; None takes the values as they are.
+    """
+    x = x.float()
+    if pixels is None:
+        return x
+    mean, std = pixels
+    if isinstance(mean, (int, float)):
+        return (x / 255.0 - mean) / std
+    shape = (1, len(mean)) + (1,) * (x.dim() - 2)  # per channel
+    return (x / 255.0 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 
 
 def decode_json(body: bytes) -> torch.Tensor:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -26,6 +26,7 @@ from ..errors import MarketplaceError
 from ..market import Market
 from ..optim import V2
 from ..training import CheckpointError, load_checkpoint, save_checkpoint
+from .answer import Answer
 from .config import ServerConfig
 from .store import Record, Store
 
@@ -40,14 +41,25 @@ class RequestError(MarketplaceError):
         self.status = status
 
 
-@dataclass
-class Predictions:
-    """A served batch: logits [B, C], paths int64 [B, N], request ids (None when not learning), step."""
+def check_paths(paths, counts: Sequence[int], n: int) -> torch.Tensor:
+    """The `n` paths of a report as int64 [n, N]: one vendor per spec, each below its spec's count.
 
-    logits: torch.Tensor
-    paths: torch.Tensor
-    ids: list[int] | None
-    step: int
+    paths: a tensor or lists (straight from a request body, possibly ragged). The one place paths are checked.
+    """
+    depth = len(counts)
+    rows = paths.tolist() if isinstance(paths, torch.Tensor) else [list(p) for p in paths]
+    if len(rows) != n:
+        raise RequestError(f"{n} records need {n} paths, got {len(rows)}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != depth:
+            got = len(row) if isinstance(row, list) else 1
+            raise RequestError(f"record {i}: a path needs {depth} vendors (one per spec), got {got}")
+    tensor = torch.tensor(rows, dtype=torch.int64).reshape(n, depth)
+    bad = ((tensor < 0) | (tensor >= torch.tensor(list(counts), dtype=torch.int64))).any(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise RequestError(f"record {i}: path {rows[i]} names vendors outside the market {list(counts)}")
+    return tensor
 
 
 class Engine:
@@ -55,16 +67,17 @@ class Engine:
 
     market: the served market (its base weights are updated in place).
     source: what identifies the starting weights (a checkpoint's hash): a
-    store made for other weights is refused. model: how a client rebuilds
-    the specs (e.g. {"preset": "beautiful_mnist", ...}), or None for a
-    user's market whose clients bring their own specs.
+    store made for other weights is refused. model: the model record a
+    client rebuilds the specs from (`load.specs_of`), or None for a user's
+    market whose clients bring their own specs. pixels: (mean, std) that
+    uint8 inputs are normalised with, as in training (None: taken as they are).
     """
 
     def __init__(self, market: Market, config: ServerConfig, source: str, input_shape: tuple[int, ...],
-                 model: dict[str, Any] | None = None):
+                 model: dict[str, Any] | None = None, pixels: tuple | None = None):
         config.validate()
         self.config, self.market, self.source = config, market, source
-        self.input_shape, self.model = tuple(input_shape), model
+        self.input_shape, self.model, self.pixels = tuple(input_shape), model, pixels
         # A non-finite loss skips its update rather than raising: a stored record must never stop recovery.
         optimizer = V2(market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
                        decay=0.0, seed=config.seed, on_nonfinite="skip")
@@ -141,7 +154,7 @@ class Engine:
     # -- requests ------------------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> Predictions:
+    def predict(self, x: torch.Tensor) -> Answer:
         """One batched forward: random paths when learning (stored for their labels), else the base weights.
 
         With a baseline the answer is the base weights' and the paths run beside them, for learning only.
@@ -149,16 +162,15 @@ class Engine:
         with self.lock:
             x = x.to(self.market.device)
             if not self.config.learning:
-                logits = self.market(x)
-                return Predictions(logits, torch.zeros(x.shape[0], self.market.depth, dtype=torch.int64), None,
-                                   self.step)
+                paths = torch.zeros(x.shape[0], self.market.depth, dtype=torch.int64)
+                return Answer(None, paths, self.step, logits=self.market(x))
             out = self.learner.infer(x)
             base = out.logits if self.config.baseline else None
             ids = self.store.add_served(out.step, out.paths, out.probe_logits, base)
             self.last_served_id = ids[-1] if ids else self.last_served_id
             if self.store.kept > self.config.keep_served * 9 // 8:  # in steps of 1/8 of the limit
                 self._prune()
-            return Predictions(out.logits, out.paths, ids, out.step)
+            return Answer(ids, out.paths, out.step, logits=out.logits)
 
     def feedback(self, ids: list[int], labels: list[int]) -> dict[str, int]:
         """Labels for served requests: losses from their stored logits, stored, then learned from."""
@@ -192,15 +204,15 @@ class Engine:
             seqs = self.store.add_records("feedback", steps, paths, losses, ids, labels)
             return self._learn(seqs, steps, paths, losses)
 
-    def report(self, steps: list[int], paths: torch.Tensor, losses: torch.Tensor) -> dict[str, int]:
-        """(step, path, loss) computed by clients on their own data: stored, then learned from."""
+    def report(self, steps: list[int], paths, losses: torch.Tensor) -> dict[str, int]:
+        """(step, path, loss) computed by clients on their own data: stored, then learned from.
+
+        paths: [n, N] vendor indices (a tensor or lists), checked here, once.
+        """
         with self.lock:
             self._require_learning()
-            counts = torch.tensor(self.market.vendor_counts)
-            if paths.shape != (len(steps), self.market.depth):
-                raise RequestError(f"each path needs {self.market.depth} vendors (one per spec)")
-            if bool(((paths < 0) | (paths >= counts)).any()):
-                raise RequestError(f"paths name vendors outside the market {list(self.market.vendor_counts)}")
+            paths = check_paths(paths, self.market.vendor_counts, len(steps))
+            losses = torch.as_tensor(losses)
             if not bool(torch.isfinite(losses).all()):
                 raise RequestError("losses must be finite numbers")
             ahead = [s for s in steps if s > self.step or s < 0]

@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 
 from marketplace import Market
 from marketplace.models import mlp
-from marketplace.server import ServerConfig, create_app, engine_from_market
+from marketplace.serving import ServerConfig, create_app, engine_from_market
 
 
 def app(tmp_path, **kw):
@@ -41,7 +41,7 @@ def test_shutdown_checkpoints_the_learner(tmp_path):
 
 
 def test_a_private_client_reports_differences_to_a_server_with_a_baseline(tmp_path):
-    from marketplace.client import PrivateClient
+    from marketplace.serving import PrivateClient
     from marketplace.continual import per_example_cross_entropy, serve
 
     with TestClient(app(tmp_path, baseline=True), headers={"X-Token": "t"}) as http:

@@ -1,4 +1,4 @@
-"""Tests of marketplace.server.engine without HTTP: the update rule, stale records, recovery by replay."""
+"""Tests of marketplace.serving.engine without HTTP: the update rule, stale records, recovery by replay."""
 
 
 import pytest
@@ -8,7 +8,7 @@ from marketplace import Market, MarketplaceError
 from marketplace.continual import ContinualLearner
 from marketplace.models import mlp
 from marketplace.optim import V2
-from marketplace.server import RequestError, ServerConfig, engine_from_market
+from marketplace.serving import RequestError, ServerConfig, engine_from_market
 
 SHAPE = (6,)
 

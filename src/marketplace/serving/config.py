@@ -14,7 +14,7 @@ class ServerConfig:
     """How the server learns, batches, stores and guards.
 
     records: K, labelled records per V2 update. lr / probe_scale / unit /
-    seed: the serving optimizer (ALGORITHM.md section 7 defaults: fixed lr
+    seed: the serving optimizer (docs/algorithm.md section 7 defaults: fixed lr
     1e-2, probes at lr, whole-model unit vector). learning: False serves
     plain inference with the base weights and refuses feedback (the
     reference a learning server is compared with). baseline: answer with

@@ -15,11 +15,13 @@ from typing import Callable
 
 import torch
 
-from .engine import Predictions
+from .answer import Answer
 
 
 class MicroBatcher:
-    def __init__(self, run: Callable[[torch.Tensor], Predictions], executor: Executor, max_batch: int,
+    """run: the batched forward (inputs [B, ...] -> an `Answer` for the B rows); each request gets its rows."""
+
+    def __init__(self, run: Callable[[torch.Tensor], Answer], executor: Executor, max_batch: int,
                  window: float, on_batch: Callable[[int], None] = lambda n: None):
         self.run, self.executor = run, executor
         self.max_batch, self.window, self.on_batch = max_batch, window, on_batch
@@ -37,8 +39,8 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
 
-    async def submit(self, x: torch.Tensor) -> tuple[Predictions, int]:
-        """Wait for x's rows of a batched forward: (the batch's predictions, x's first row in them)."""
+    async def submit(self, x: torch.Tensor) -> Answer:
+        """Wait for the answer to x: its rows of a batched forward."""
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((x, future))
         return await future
@@ -87,5 +89,5 @@ class MicroBatcher:
             start = 0
             for x, f in items:
                 if not f.done():
-                    f.set_result((result, start))
+                    f.set_result(result[start:start + x.shape[0]])
                 start += x.shape[0]

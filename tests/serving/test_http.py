@@ -9,8 +9,8 @@ from safetensors.torch import load as load_bytes
 
 from helpers import tiny_checkpoint
 
-from marketplace.client import Client, ServerError
-from marketplace.server.process import ServerProcess
+from marketplace.serving import Client, ServerError
+from marketplace.serving.process import ServerProcess
 
 K = 4
 

@@ -9,8 +9,8 @@ import torch
 
 from helpers import tiny_checkpoint
 
-from marketplace.client import Client, ServerError
-from marketplace.server.process import ServerProcess
+from marketplace.serving import Client, ServerError
+from marketplace.serving.process import ServerProcess
 from marketplace.training import load_checkpoint
 
 K = 4

@@ -1,8 +1,8 @@
-"""Tests of marketplace.server.store: served rows, the record log, its order, reopening."""
+"""Tests of marketplace.serving.store: served rows, the record log, its order, reopening."""
 
 import torch
 
-from marketplace.server import Store
+from marketplace.serving import Store
 
 
 def test_served_rows_keep_step_path_and_logits_and_ids_continue_after_reopen(tmp_path):
