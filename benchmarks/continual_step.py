@@ -25,10 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.*, from any working directory
 
 from marketplace import Market
 from marketplace.continual import ContinualLearner
@@ -36,6 +38,8 @@ from marketplace.data import load_data
 from marketplace.machine import machine_name, resolve_device
 from marketplace.models import beautiful_mnist
 from marketplace.optim import V2
+
+from benchmarks.serving import timed  # noqa: E402
 
 TARGETS = {"step": 1.25, "step --baseline": 2.25}
 
@@ -51,16 +55,6 @@ def stream_batch(device: torch.device, data_dir: str | None) -> tuple[torch.Tens
 def learner(market: Market, baseline: bool) -> ContinualLearner:
     opt = V2(market, lr=1e-2, probe_scale=1.0, per_spec=False, decay=0.0, seed=0)
     return ContinualLearner(opt, records=256, path_seed=0, baseline=baseline)
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def bench(device: torch.device, rounds: int, calls: int, data_dir: str | None) -> dict[str, list[float]]:

@@ -33,6 +33,20 @@ def layer_flops(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     return 0
 
 
+def trace(spec: nn.Module, input_shape: Sequence[int], hook, modules=None) -> torch.Size:
+    """Run `spec` on one zero example with `hook(module, args, out)` on `modules` (default: all); its output shape."""
+    modules = list(spec.modules()) if modules is None else modules
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            device = next(spec.parameters(), torch.empty(0)).device
+            out = spec(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return out.shape[1:]
+
+
 def spec_flops(spec: nn.Module, input_shape: Sequence[int]) -> tuple[int, torch.Size]:
     """S_k: FLOPs of `spec` on one example of shape `input_shape`, and its output shape (per example)."""
     total = 0
@@ -42,15 +56,21 @@ def spec_flops(spec: nn.Module, input_shape: Sequence[int]) -> tuple[int, torch.
         total += layer_flops(module, args[0], out)
 
     leaves = [m for m in spec.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            device = next(spec.parameters(), torch.empty(0)).device
-            out = spec(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-    return total, out.shape[1:]
+    shape = trace(spec, input_shape, count, leaves)
+    return total, shape
+
+
+def largest_activation(spec: nn.Module, input_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+    """A_k, elements of the largest tensor `spec` reads or makes on one example, and its output shape."""
+    peak = int(torch.Size(input_shape).numel())
+
+    def watch(module, args, out):
+        nonlocal peak
+        if isinstance(out, torch.Tensor):
+            peak = max(peak, out[0].numel())
+
+    shape = trace(spec, input_shape, watch)
+    return peak, tuple(shape)
 
 
 def products(vendors: Sequence[int], sampling: Sequence[int] | int = 0) -> tuple[int, ...]:

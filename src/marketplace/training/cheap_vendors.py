@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..cost import products, spec_flops, step_flops
+from ..cost import largest_activation, products, spec_flops, step_flops
 
 # The raised market may hold this many times the asked market's largest activation. 8 is what
 # the beautiful-MNIST CNN's 4,4,4 -> 4x4x64 needs (its head reads 576 features per path).
@@ -64,28 +64,6 @@ def cheap_vendors(costs: Sequence[float], vendors: Sequence[int], slack: float,
         if cost > budget:
             return tuple(vendors)
         vendors = trial
-
-
-def largest_activation(spec, input_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-    """A_k, elements of the largest tensor `spec` reads or makes on one example, and its output shape."""
-    import torch
-
-    peak = int(torch.Size(input_shape).numel())
-
-    def watch(module, args, out):
-        nonlocal peak
-        if isinstance(out, torch.Tensor):
-            peak = max(peak, out[0].numel())
-
-    handles = [m.register_forward_hook(watch) for m in spec.modules()]
-    try:
-        with torch.no_grad():
-            device = next(spec.parameters(), torch.empty(0)).device
-            out = spec(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-    return peak, tuple(out.shape[1:])
 
 
 def market_vendors(config, specs: Sequence, input_shape: Sequence[int]) -> tuple[int, ...]:
