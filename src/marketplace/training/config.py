@@ -11,8 +11,7 @@ from ..defaults import DEFAULT_LR
 from ..errors import MarketplaceError
 from ..norms import NORM_NAMES
 from ..functional import ATTRIBUTIONS
-from ..optim import OPTIMIZERS
-from ..optim.estimator import DIRECTIONS
+from ..optim import DIRECTIONS, OPTIMIZERS
 from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
 # What a resumed run must share with its checkpoint: the settings that shape the weights' path. The
@@ -52,11 +51,11 @@ class TrainConfig:
     cache_deltas: bool = True
     data_dir: str | None = None
     norm: str = "instance"  # see norms.py; "batch" is refused by the market
-    # -- the model and the data (issue 13) --
+    # -- the model and the data --
     model: str = "beautiful-mnist"  # a preset of models.PRESETS, or MODULE:FACTORY / FILE.py:FACTORY
     split: tuple[int, ...] | None = None  # where to cut a factory's nn.Sequential into specs
     data: str | None = None  # a .npz/.pt file with x_train, y_train, x_test, y_test; replaces `dataset`
-    # -- the estimator and its optimizer (issue 11) --
+    # -- the estimator and its optimizer --
     cheap_vendors: float = 0.0  # raise vendor counts where a spec is cheap, within this FLOP slack (cheap_vendors.py)
     # v2 through torch.optim (schedules.py, optim/estimator.py); sgd + constant is V2 itself
     optimizer: str = "sgd"  # sgd, momentum, adam, adamw
