@@ -17,8 +17,9 @@ import pytest
 import torch
 
 import marketplace.cli  # noqa: F401  imported here, so the forked ranks inherit the command modules
-from marketplace.distributed import Collectives, DataAxis, run_local
-from marketplace.training import Trainer, TrainConfig, load_checkpoint, market_from_checkpoint
+from marketplace.distributed import Collectives, DataAxis, ReplicaAxis, run_local
+from marketplace.training import (CheckpointError, Trainer, TrainConfig, load_checkpoint, market_from_checkpoint,
+                                  save_checkpoint)
 
 from helpers import assert_close, assert_user_error, last_json, run_cli, succeeded
 
@@ -144,6 +145,26 @@ def test_the_replica_axis_trains_a_user_model_on_a_user_file(user_files, tmp_pat
     assert summary["axis"] == "replica" and summary["vendors"] == list(rebuilt.vendor_counts)
     assert saved.meta["model"]["input_shape"] == [3, 8, 8] and saved.meta["model"]["classes"] == 3
     assert summary["bytes_per_step"] == (1 + 2 * sum(summary["vendors"])) * 8  # flag, seeds, attributions
+    # Each rank drew its own vendors: the run continues only on the replica axis over 2 ranks.
+    more = [*user_flags(npz, factory, "--steps", 3), "--checkpoint", ckpt, "--resume"]
+    refused = succeeded(run_local(cli_rank, 2, [str(a) for a in ["train-distributed", "--axis", "data", *more]],
+                                  tmp_path, timeout=90))
+    assert [code for code, _ in refused] == [2, 2]
+    assert two_ranks(["train-distributed", "--axis", "replica", *more], tmp_path)["steps"] == 3
+
+
+def test_a_replica_checkpoint_is_not_resumed_as_another_run(user_files, tmp_path):
+    npz, factory = user_files
+    ckpt = tmp_path / "r.safetensors"
+    config = lambda steps: TrainConfig(data=str(npz), model=f"{factory}:build", split=(2,), vendors=(2, 3),
+                                       batch=8, steps=steps, device="cpu", checkpoint=str(ckpt), resume=True)
+    Trainer(config(1)).run()
+    saved = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, saved.model, saved.optimizer,
+                    {**saved.meta, "distributed": {"axis": "replica", "world_size": 2}})  # as 2 replica ranks save
+    for axis in (None, ReplicaAxis(Collectives())):
+        with pytest.raises(CheckpointError, match="trained with 2 rank"):
+            Trainer(config(2), axis=axis)
 
 
 # -- one class, one configuration ----------------------------------------------------

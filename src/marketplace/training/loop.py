@@ -74,10 +74,24 @@ def leader_metrics(losses: torch.Tensor, paths: torch.Tensor, products: torch.Te
             "best_loss": float(losses.min()), "mean_loss": float(losses.mean())}
 
 
-def read_resume_state(path: str, config: TrainConfig) -> dict[str, Any]:
-    """What a resumed run takes from its checkpoint, after checking that it continues the same run."""
+def vendor_streams(axis: str, world_size: int) -> int:
+    """How many ranks draw their own vendors each step: the replica axis's world size, else one."""
+    return world_size if axis == "replica" else 1
+
+
+def read_resume_state(path: str, config: TrainConfig, streams: int = 1) -> dict[str, Any]:
+    """What a resumed run takes from its checkpoint, after checking that it continues the same run.
+
+    streams: this run's `vendor_streams`; a replica run continues only over as many ranks, since
+    the vendors of every step depend on them (the data axis's world size only splits the batch).
+    """
     ckpt = load_checkpoint(path)
     check_resume(path, ckpt, config)
+    group = ckpt.meta.get("distributed") or {}
+    saved = vendor_streams(group.get("axis", "data"), int(group.get("world_size", 1)))
+    if saved != streams:
+        raise CheckpointError(f"{path} was trained with {saved} rank(s) drawing vendors each step, this run has "
+                              f"{streams}: resume a replica-axis run on the replica axis over the same ranks")
     return {"model": ckpt.model, "optimizer": ckpt.optimizer, "seconds": float(ckpt.meta.get("seconds", 0.0)),
             "test_accuracy": ckpt.meta.get("test_accuracy")}
 
@@ -143,7 +157,8 @@ class Trainer:
         state, error = None, None
         if self.comm.rank == 0 and not (missing_ok and not Path(path).exists()):
             try:
-                state = read_resume_state(path, self.config)
+                streams = vendor_streams(self.axis.name, self.comm.world_size)
+                state = read_resume_state(path, self.config, streams)
             except MarketplaceError as e:
                 error = e
         if self.comm.world_size > 1:
