@@ -15,7 +15,8 @@ Models: the beautiful-MNIST CNN (market 4x4x4 and the published 16x16x16)
 and a ResNet-18-size network (11.7M parameters, GroupNorm for BatchNorm,
 3x32x32 inputs, 1000 classes; market 4x4x4x4). Speed: the CNN with market
 4x4x4, V2, batch 64, on MNIST, 1/2/4 ranks forked on this machine, one
-thread each. Writes benchmarks/results/distributed_cpu.{json,md}.
+thread each. Writes runs/bench/distributed_cpu.{json,md} (`--out benchmarks/results/distributed_cpu`
+updates the committed table).
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from marketplace.io import write_atomic, write_json
 from marketplace.machine import cpu_name
 from marketplace import V1, V2, Market, path_losses
 from marketplace.distributed import AXES, init_from_env, ring_bytes_sent, run_local, shutdown
 from marketplace.models import beautiful_mnist
 from marketplace.training import batch_indices
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RUNS = Path("runs") / "bench"  # default output: never over the committed results
 
 
 # -- a ResNet-18-size market ----------------------------------------------------------
@@ -222,7 +224,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--worlds", default="1,2,4")
     parser.add_argument("--only", choices=["bytes", "speed"], help="run one part; the other is kept from --out")
-    parser.add_argument("--out", default=str(RESULTS / "distributed_cpu"))
+    parser.add_argument("--out", default=str(RUNS / "distributed_cpu"),
+                        help="default runs/bench/distributed_cpu; benchmarks/results/distributed_cpu is the committed one")
     args = parser.parse_args()
     out = Path(args.out)
     previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
@@ -252,8 +255,8 @@ def main() -> None:
                            "data_axis_payload": "P x 4 bytes (P = paths)",
                            "replica_v2_payload": "(1 + 2 x sum_k M_k) x 8 bytes"}}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result))
+    write_json(out.with_suffix(".json"), result)
+    write_atomic(out.with_suffix(".md"), markdown(result))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

@@ -1,8 +1,9 @@
 """Every GPU figure in one call of at most ~10 minutes: CUDA tests, step speed, training runs, continual learning.
 
-On the lent GPU machine (docs/gpu.md has the whole device-tool command):
+On any machine with a CUDA GPU, from a checkout:
 
-    python3 benchmarks/gpu_suite.py --out $OUT            # full sizes, 540-s budget
+    uv run python benchmarks/gpu_suite.py                 # full sizes, 540-s budget
+    python3 benchmarks/gpu_suite.py --out DIR             # plain python3 with torch: no install needed
 
 On a CPU, the same code at toy sizes (what the test runs):
 
@@ -10,7 +11,7 @@ On a CPU, the same code at toy sizes (what the test runs):
 
 Parts that would not fit the budget are skipped, saying so; results are
 rewritten after every part (gpu_suite.json, gpu_suite.md, gpu_suite.log,
-pytest_cuda.log) in --out, else $OUT, else benchmarks/results/gpu_suite_<size>_<device>/.
+pytest_cuda.log) in --out, else $OUT, else runs/gpu_suite_<size>_<device>/.
 A short table is printed last.
 """
 
@@ -22,9 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # plain python3, no install needed
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # plain python3, no install needed; benchmarks.lib from anywhere
 
-from marketplace.experiments.suite import SIZES, Suite, output_dirs, run_suite  # noqa: E402
+from benchmarks.lib.suite import SIZES, Suite, output_dirs, run_suite  # noqa: E402
 from marketplace.machine import resolve_device  # noqa: E402
 
 PARTS = ("cuda_tests", "step_speed", "v2_train", "v2_default", "backprop", "serving", "philox", "continual_dress",
@@ -37,7 +39,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--tiny", action="store_const", const="tiny", dest="size", help="= --size tiny")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", default=None, help="results folder (default $OUT, else benchmarks/results/...)")
+    parser.add_argument("--out", default=None, help="results folder (default $OUT, else runs/gpu_suite_<size>_<device>)")
     parser.add_argument("--budget", type=float, default=540.0, help="wall-time budget in seconds for all parts")
     parser.add_argument("--skip", default="", help=f"comma-separated parts to skip: {', '.join(PARTS)}")
     parser.add_argument("--only", default="", help="comma-separated parts to run (the rest are skipped)")

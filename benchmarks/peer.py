@@ -40,16 +40,17 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from marketplace import V2, Market, beautiful_mnist, data, path_losses
-from marketplace.diagnostics.grid import write_atomic
+from marketplace.io import write_atomic
 from marketplace.machine import machine_summary
 from marketplace.market import SpecLayout
 from marketplace.training import batch_indices
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # the committed tuning, read for the best setting
+RUNS = Path("runs") / "bench"  # default output: never over the committed results
 
 
 def initial_specs(depth: int, seed: int):
-    """The CNN of ALGORITHM.md section 9 split `depth` ways; the same weights for every depth and method."""
+    """The beautiful-MNIST CNN split `depth` ways; the same weights for every depth and method."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return beautiful_mnist(depth=depth)
@@ -222,7 +223,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of training between evaluations")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--train-examples", type=int, default=None, help="use only the first N training images")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/peer[_tuning]_cpu.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default runs/bench/peer[_tuning]_cpu.json)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -236,7 +237,7 @@ def main(argv=None) -> dict:
         train, test = (x[:-5000], y[:-5000]), (x[-5000:], y[-5000:])
         grid = [parse_setting(t) for t in args.settings.split(";")] if args.settings else TUNING
         methods = [pgpe(s, args.seed) for s in grid]
-        out = Path(args.out) if args.out else tuning_path
+        out = Path(args.out) if args.out else RUNS / "peer_tuning_cpu.json"
     else:
         train, test = (x, y), data.load_data("mnist", "test", args.data_dir, torch.device("cpu"))
         if args.pgpe:
@@ -249,7 +250,7 @@ def main(argv=None) -> dict:
         methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64)),
                    MarketMethod("V2 4x4x4 (published rates)", args.seed, lr=0.1, probe_scale=0.1),
                    pgpe(setting, args.seed)]
-        out = Path(args.out) if args.out else RESULTS / "peer_cpu.json"
+        out = Path(args.out) if args.out else RUNS / "peer_cpu.json"
     load_before = os.getloadavg()
     start = time.perf_counter()
     results = race(methods, args.seconds, train, test, args.seed, args.eval_every)

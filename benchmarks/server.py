@@ -21,7 +21,8 @@
    not stored) and duplicated (stored twice) are counted, and the learner's
    own count (recorded + stale) is compared with the stored records.
 
-Writes benchmarks/results/server_cpu.json and .md.
+Writes runs/bench/server_cpu.json and .md (`--out benchmarks/results/server_cpu` updates
+the committed table).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import sqlite3
 import statistics
 import sys
@@ -42,11 +42,12 @@ import httpx
 import numpy as np
 import torch
 
+from marketplace.io import write_atomic, write_json
 from marketplace.machine import machine_summary
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 from marketplace.training import TrainConfig, build_market, build_optimizer, save_checkpoint
 
-RESULTS = Path(__file__).parent / "results"
+RUNS = Path("runs") / "bench"  # default output: never over the committed results
 TOKEN = "bench-token"
 
 
@@ -253,7 +254,8 @@ def main() -> None:
     parser.add_argument("--vendors", default="4,4,4")
     parser.add_argument("--kills", type=int, default=6)
     parser.add_argument("--period", type=float, default=3.0, help="seconds of load between kills")
-    parser.add_argument("--out", default=str(RESULTS / "server_cpu"))
+    parser.add_argument("--out", default=str(RUNS / "server_cpu"),
+                        help="default runs/bench/server_cpu; benchmarks/results/server_cpu is the committed one")
     args = parser.parse_args()
     vendors = tuple(int(v) for v in args.vendors.split(","))
     with tempfile.TemporaryDirectory() as tmp:
@@ -267,8 +269,8 @@ def main() -> None:
               "market": "x".join(map(str, vendors)), "seconds": args.seconds,
               "rounds": args.rounds, "python": sys.version.split()[0], "load": load_result, "faults": fault_result}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    Path(args.out + ".md").write_text(markdown(result))
+    write_json(args.out + ".json", result)
+    write_atomic(args.out + ".md", markdown(result))
     print(markdown(result))
 
 

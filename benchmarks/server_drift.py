@@ -16,19 +16,20 @@
    the end all are tested on held-out test images at the final angle and
    upright.
 2. Dress through HTTP. The first steps of `marketplace continual dress`
-   (ALGORITHM.md section 7: 240 digits + 16 dresses per step, class 10 new,
+   (docs/algorithm.md section 7: 240 digits + 16 dresses per step, class 10 new,
+   (the continual setting: 240 digits + 16 dresses per step, class 10 new,
    K = 256, lr 1e-2, whole-model unit vector) are sent to a server as
    predict + feedback, and the same steps run in process with
    `ContinualLearner`; the weights are compared.
 
-Writes results/server/drift_cpu.{json,md,png}.
+Writes runs/bench/drift_cpu.{json,md,png} (`--out results/server/drift_cpu` updates the
+committed one).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import tempfile
@@ -39,11 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from marketplace import data
-from marketplace.client import Client
+from marketplace.serving import Client
+from marketplace.io import atomic_path, write_atomic, write_json
 from marketplace.machine import machine_summary
-from marketplace.server.process import ServerProcess
+from marketplace.serving.process import ServerProcess
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "server"
+RUNS = Path("runs") / "bench"  # default output: never over the committed results
 TOKEN = "drift-token"
 
 
@@ -156,7 +158,8 @@ def plot(result: dict, out: Path) -> None:
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
 
 
 def markdown(r: dict) -> str:
@@ -208,7 +211,8 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000, help="held-out test images at the end")
     parser.add_argument("--dress-steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(RESULTS / "drift_cpu"))
+    parser.add_argument("--out", default=str(RUNS / "drift_cpu"),
+                        help="default runs/bench/drift_cpu; results/server/drift_cpu is the committed one")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the servers run 1 thread too: the in-process dress run then computes alike
     from marketplace.training import load_checkpoint
@@ -224,10 +228,9 @@ def main() -> None:
             result["dress"] = dress_through_http(args.checkpoint, Path(tmp), args.dress_steps)
     result["load_average"] = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), result)
     plot(result, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(markdown(result))
+    write_atomic(out.with_suffix(".md"), markdown(result))
     print(markdown(result))
 
 

@@ -15,7 +15,6 @@ once per seed redraw (every K requests) and is timed on its own.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from marketplace import Market, draw_vendors
+from marketplace.io import write_json
 from marketplace.machine import cpu_name
 from marketplace.models import beautiful_mnist
 from marketplace.continual import serve
@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--vendors", default="4,4,4", help="the market, e.g. 4,4,4")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="results/continual/serving_benchmark.json")
+    parser.add_argument("--out", default="runs/bench/serving_benchmark.json",
+                        help="results/continual/early/serving_benchmark.json is the committed one")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -105,9 +106,8 @@ def main() -> None:
         print(f"{r['batch']:>6} {r['plain_per_s']:>11.0f} {r['iid_per_s']:>9.0f} {r['iid_ratio']:>6.2f} "
               f"{r['balanced_ratio']:>11.2f} {r['vmap_ratio']:>7.2f}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "market": counts, "rounds": args.rounds,
-                               "redraw_ms": 1000 * min(redraw), "rows": rows}, indent=2) + "\n")
+    write_json(out, {"machine": info, "market": counts, "rounds": args.rounds, "redraw_ms": 1000 * min(redraw),
+                     "rows": rows})
     print(f"wrote {out}")
 
 

@@ -6,7 +6,8 @@
 Measures every cell of `marketplace.diagnostics.grid.default_cells()` with
 every estimator, at the initial weights and at a trained checkpoint (made
 first with `marketplace train --vendors 4,4,4 --steps STEPS` when absent),
-and writes results/alignment/{alignment.json, alignment.md, alignment.png}.
+and writes runs/alignment/{alignment.json, alignment.md, alignment.png}
+(`--out results/alignment` rewrites the committed grid).
 One cell from the command line: `marketplace align`.
 """
 
@@ -16,8 +17,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-from marketplace.diagnostics.grid import default_cells, format_table, plot, run_grid, write_atomic
+from marketplace.diagnostics.grid import default_cells, format_table, plot, run_grid
+from marketplace.io import write_atomic
 from marketplace.machine import machine_summary, resolve_device
 from marketplace.training import DEFAULT_LR, TrainConfig, load_checkpoint, market_from_checkpoint, train
 
@@ -32,7 +33,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="results/alignment")
+    parser.add_argument("--out", default="runs/alignment")
     parser.add_argument("--replot", action="store_true", help="rewrite the table and plot from OUT/alignment.json")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)

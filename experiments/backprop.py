@@ -7,15 +7,19 @@ published: V2 far ahead of V1, ahead of SGD 1e-3, behind SGD 3e-3 and 7e-3.
     uv run python experiments/backprop.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
     uv run python experiments/backprop.py                                                   # the published size (GPU)
 
-The same as `marketplace experiment backprop ...`; every option of that command
-works here (`--help`). Writes results/backprop/{RUN.jsonl, backprop.png, backprop.md} and
-tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments/runs.py (backprop_runs).
+The same as `python experiments/run.py backprop ...` (`--help` lists the options).
+Writes runs/experiments/backprop/{RUN.jsonl, backprop.png, backprop.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow);
+`--out results` updates the committed tables.
+Runs and sizes are defined in experiments/lib/runs.py (backprop_runs).
 """
 
 import sys
+from pathlib import Path
 
-from marketplace.cli.experiment import run_script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.cli import run_script  # noqa: E402
 
 EXPERIMENT = "backprop"
 

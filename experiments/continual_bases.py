@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from marketplace.continual.pretrain import pretrain
-from marketplace.diagnostics.grid import write_atomic
+from marketplace.io import write_atomic
 from marketplace.errors import MarketplaceError
 from marketplace.training import Hook, JsonLog, ProgressBar, TrainConfig
 

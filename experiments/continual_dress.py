@@ -1,20 +1,22 @@
-"""Continual learning, experiment 1 (ALGORITHM.md section 7): digits, then dress as class 10.
+"""Continual learning, experiment 1: digits, then Fashion-MNIST dresses shown as the digit 3.
 
-    OMP_NUM_THREADS=1 uv run python experiments/continual_dress.py --pretrain-seconds 420 --steps 600
+    OMP_NUM_THREADS=1 uv run python experiments/continual_dress.py --steps 20000 --out runs/continual/dress
+    OMP_NUM_THREADS=1 uv run python experiments/continual_dress.py --steps 20000 --out runs/continual/dress --resume
 
-1. Pre-train the beautiful-MNIST CNN on digits with V2 (4x4x4), exactly as
-   `marketplace train --algorithm v2 --vendors 4,4,4 --checkpoint ...` does,
-   unless the checkpoint exists.
-2. Serve 240 digit + 16 dress images per step, each along one random path;
-   reconcile every step's 256 records as V2 (whole-model unit vector, fixed
-   lr) — `marketplace continual dress`.
-3. Write the JSON-lines log, the plot and a summary under --out.
-
-Published (100,000 steps): dress 86% validation, digits 96.2% -> 95.2%.
-Target: dress >= 90% within 20,000 steps, digits losing <= 0.5 points.
+Starts from the digits base (`experiments/continual_bases.py digits`),
+serves 240 digits + 16 dresses per step, each along one random path, and
+reconciles every step's 256 records as V2 (whole-model unit vector, fixed
+lr), as `marketplace continual dress` does. Checkpoints every 1,000 steps;
+writes the JSON-lines log, the plot and a summary under --out. Published
+(100,000 steps): dress 86% validation, digits 96.2% -> 95.2%.
 """
 
-from marketplace.continual.script import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.continual import run_script  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -1,22 +1,22 @@
-"""Continual learning, experiment 2 (ALGORITHM.md section 7): digits 0-8, then learn 9.
+"""Continual learning, experiment 2: digits 0-8, then learn 9.
 
-    OMP_NUM_THREADS=1 uv run python experiments/continual_nine.py --pretrain-seconds 420 --steps 600
+    OMP_NUM_THREADS=1 uv run python experiments/continual_nine.py --steps 20000 --out runs/continual/nine
+    OMP_NUM_THREADS=1 uv run python experiments/continual_nine.py --steps 20000 --out runs/continual/nine --resume
 
-1. Pre-train the beautiful-MNIST CNN with V2 (4x4x4) with digit 9 left out
-   of the loss (the article's ignore_index run), as
-   `marketplace continual pretrain --exclude 9 --checkpoint ...` does,
-   unless the checkpoint exists. The 9s stay in the batches; their output
-   slot is never trained.
-2. Serve 240 images of 0-8 + 16 nines per step, each along one random path;
-   reconcile every step's 256 records as V2 (whole-model unit vector, fixed
-   lr) — `marketplace continual nine`.
-3. Write the JSON-lines log, the plot and a summary under --out.
-
-Published (100,000 steps): 9 at 71% validation, 0-8 96.8% -> 95.2%.
-Target: 9 >= 90% within 20,000 steps, 0-8 losing <= 0.5 points.
+Starts from the digits-0-8 base (`experiments/continual_bases.py no9`, 9 left
+out of its loss), serves 240 images of 0-8 + 16 nines per step, each along
+one random path, and reconciles every step's 256 records as V2 (whole-model
+unit vector, fixed lr), as `marketplace continual nine` does. Checkpoints
+every 1,000 steps; writes the JSON-lines log, the plot and a summary under
+--out. Published (100,000 steps): 9 at 71% validation, 0-8 96.8% -> 95.2%.
 """
 
-from marketplace.continual.script import run_script
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.continual import run_script  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -7,15 +7,19 @@ depth 1 x 64. `--algorithm v2` repeats it with V2.
     uv run python experiments/depth.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
     uv run python experiments/depth.py                                                   # the published size (GPU)
 
-The same as `marketplace experiment depth ...`; every option of that command
-works here (`--help`). Writes results/depth/{RUN.jsonl, depth.png, depth.md} and
-tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments/runs.py (depth_runs).
+The same as `python experiments/run.py depth ...` (`--help` lists the options).
+Writes runs/experiments/depth/{RUN.jsonl, depth.png, depth.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow);
+`--out results` updates the committed tables.
+Runs and sizes are defined in experiments/lib/runs.py (depth_runs).
 """
 
 import sys
+from pathlib import Path
 
-from marketplace.cli.experiment import run_script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.cli import run_script  # noqa: E402
 
 EXPERIMENT = "depth"
 

@@ -8,15 +8,19 @@ all the products a vendor consumes ("mixed-batch"), never running averages.
     uv run python experiments/norm.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
     uv run python experiments/norm.py                                                   # the published size (GPU)
 
-The same as `marketplace experiment norm ...`; every option of that command
-works here (`--help`). Writes results/norm/{RUN.jsonl, norm.png, norm.md} and
-tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments/runs.py (norm_runs).
+The same as `python experiments/run.py norm ...` (`--help` lists the options).
+Writes runs/experiments/norm/{RUN.jsonl, norm.png, norm.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow);
+`--out results` updates the committed tables.
+Runs and sizes are defined in experiments/lib/runs.py (norm_runs).
 """
 
 import sys
+from pathlib import Path
 
-from marketplace.cli.experiment import run_script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.cli import run_script  # noqa: E402
 
 EXPERIMENT = "norm"
 

@@ -6,15 +6,19 @@ works. `--lrs 0.03,0.1,0.3 --decays 1e-4,1e-5` (the default for V2) sets the gri
     uv run python experiments/sweep.py --steps 150 --scale 0.125 --eval-samples 500   # a short CPU version
     uv run python experiments/sweep.py                                                   # the published size (GPU)
 
-The same as `marketplace experiment sweep ...`; every option of that command
-works here (`--help`). Writes results/sweep/{RUN.jsonl, sweep.png, sweep.md} and
-tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow).
-Runs and sizes are defined in src/marketplace/experiments/runs.py (sweep_runs).
+The same as `python experiments/run.py sweep ...` (`--help` lists the options).
+Writes runs/experiments/sweep/{RUN.jsonl, sweep.png, sweep.md} and
+tracks each run in MLflow (./mlruns unless --tracking-uri or --no-mlflow);
+`--out results` updates the committed tables.
+Runs and sizes are defined in experiments/lib/runs.py (sweep_runs).
 """
 
 import sys
+from pathlib import Path
 
-from marketplace.cli.experiment import run_script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments.lib, from any working directory
+
+from experiments.lib.cli import run_script  # noqa: E402
 
 EXPERIMENT = "sweep"
 

@@ -9,7 +9,7 @@ from marketplace.models import mlp
 
 
 def test_reconciled_direction_equals_the_formula_by_hand():
-    """R_k = sum_i A_i delta_{k, path_i[k]}, written as the O(paths x params) sum of ALGORITHM.md."""
+    """R_k = sum_i A_i delta_{k, path_i[k]}, written as the direct O(paths x params) sum."""
     market = Market(mlp([3, 2, 2]), vendors=[3, 2])
     vendors = draw_vendors(11, 0, market.vendor_counts, [0.1, 0.2])
     paths = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1], [2, 0], [2, 1]])

@@ -1,9 +1,9 @@
 """The command line's defaults for the small CPU market, in one place that imports nothing.
 
-DEFAULT_LR: from 400-step sweeps on MNIST at 4x4x4, batch 128 (README, "Choosing
+DEFAULT_LR: from 400-step sweeps on MNIST at 4x4x4, batch 128 (docs/results.md, "Choosing
 the rates"); the published 16-vendor setting is lr 0.1, probe scale 0.1.
 CLI_CHEAP_VENDORS: `marketplace train --cheap-vendors`, the FLOP slack that buys
-the cheap specs more vendors (README, the protocol); the library
+the cheap specs more vendors (docs/results.md, the protocol); the library
 (`TrainConfig.cheap_vendors = 0`, `Market`) keeps the counts it is given.
 """
 

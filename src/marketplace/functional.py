@@ -1,4 +1,4 @@
-"""The algorithm as pure functions of tensors (ALGORITHM.md sections 4 and 5).
+"""The algorithm as pure functions of tensors (docs/algorithm.md sections 4 and 5).
 
 Nothing here holds state or draws random numbers: a test, a distributed
 worker or an inference server can call these without an optimizer object.
@@ -11,11 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import MarketplaceError
-
-
-class NonFiniteLossError(MarketplaceError):
-    """A path's loss is NaN or infinite; no update was made."""
+from .errors import MarketplaceError, NonFiniteLossError
 
 
 def path_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

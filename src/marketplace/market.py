@@ -3,7 +3,7 @@
 The base weights live in ordinary `nn.Module`s (one per spec); vendors exist
 only as deltas for the length of one step. `Market.evaluate` runs every path
 through every vendor as one batched computation per spec over the vendors'
-stacked weights, in one of the layouts of `formulations` (`vmap` of
+stacked weights, in one of the layouts of `layouts` (`vmap` of
 `functional_call`, or the vendors folded into grouped and wide convolutions).
 """
 
@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import formulations
+from . import layouts
 from . import specs as spec_rules
+from .cost import products
 from .errors import MarketError
 from .vendors import Vendors
 
@@ -98,7 +99,7 @@ class Market(nn.Module):
     compile: run each spec's vendor batch through `torch.compile` (True, or a
     mode name such as "max-autotune" or "reduce-overhead", CUDA graphs).
     formulation: how a spec's vendor batch is laid out ("vmap", "grouped",
-    "wide", or "auto": the fastest measured per device); see formulations.py.
+    "wide", or "auto": the fastest measured per device); see layouts.py.
     """
 
     def __init__(
@@ -117,8 +118,8 @@ class Market(nn.Module):
             raise MarketError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
         if channels_last not in (True, False, "auto"):
             raise MarketError(f"channels_last must be True, False or 'auto', got {channels_last!r}")
-        if formulation not in formulations.FORMULATIONS:
-            raise MarketError(f"formulation must be one of {', '.join(formulations.FORMULATIONS)}, "
+        if formulation not in layouts.FORMULATIONS:
+            raise MarketError(f"formulation must be one of {', '.join(layouts.FORMULATIONS)}, "
                               f"got {formulation!r}")
         self.precision, self.channels_last = precision, channels_last
         self.compile = compile if isinstance(compile, str) else bool(compile)
@@ -154,11 +155,7 @@ class Market(nn.Module):
 
     def num_products(self) -> list[int]:
         """P_k, the number of products after each spec."""
-        counts, upstream = [], 1
-        for m, s in zip(self.vendor_counts, self.sampling):
-            upstream = m * (s or upstream)
-            counts.append(upstream)
-        return counts
+        return list(products(self.vendor_counts, self.sampling))
 
     @property
     def num_paths(self) -> int:
@@ -263,7 +260,7 @@ class Market(nn.Module):
         else vendor j reads inp[j] (grouped ops).
         """
         channels_last = self.channels_last in (True, "auto")
-        form = formulations.resolve(self.formulation, inp.device)
+        form = layouts.resolve(self.formulation, inp.device)
         if form == "vmap" and shared and inp.dim() == 4 and channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         if not params:  # no parameters: the one implicit vendor runs the spec as it is
@@ -272,15 +269,15 @@ class Market(nn.Module):
         key = (k, shared, form)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = formulations.spec_function(self.specs[k], form, shared, channels_last)
+            fn = layouts.spec_function(self.specs[k], form, shared, channels_last)
             if self.compile:
                 mode = self.compile if isinstance(self.compile, str) else None
                 fn = torch.compile(fn, dynamic=False, mode=mode)
             self._compiled[key] = fn
         try:
             return self._call(k, lambda x: fn(params, x), inp)
-        except formulations.Unsupported:  # a shape the grouped layout has no rule for: vmap from now on
-            self._compiled[key] = fn = formulations.vmap_spec(self.specs[k], shared)
+        except layouts.UnsupportedLayout:  # a shape the grouped layout has no rule for: vmap from now on
+            self._compiled[key] = fn = layouts.vmap_spec(self.specs[k], shared)
             return self._call(k, lambda x: fn(params, x), inp)
 
     def _call(self, k: int, fn, inp: torch.Tensor) -> torch.Tensor:

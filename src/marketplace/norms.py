@@ -1,6 +1,6 @@
 """Batch normalisation that a market can hold: statistics per product, no running averages.
 
-`nn.BatchNorm2d` is refused by `Market` (ALGORITHM.md section 9): inside a
+`nn.BatchNorm2d` is refused by `Market` (docs/algorithm.md section 9): inside a
 market one vendor sees the products of every upstream vendor stacked along
 the batch dimension, so its batch statistics mix products that are mostly
 discarded, and its running averages (used at inference) are polluted by

@@ -6,7 +6,7 @@ market cannot hold:
 
 - running statistics (BatchNorm, `track_running_stats=True`, any buffer
   named `running_*`): they mix the products of every vendor, most of them
-  discarded (ALGORITHM.md section 9). Buffers that stay constant (masks,
+  discarded (docs/algorithm.md section 9). Buffers that stay constant (masks,
   positional tables) are kept; one that changes during a forward anyway is
   caught by `check_buffers` and named.
 - one parameter tensor in two specs: each spec is perturbed on its own, so
@@ -47,7 +47,7 @@ def refuse_running_statistics(k: int, spec: nn.Module) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise MarketError(
                 f"{_where(k, name)} is a {type(module).__name__}: its batch statistics and running averages "
-                "mix the market's products, most of which are discarded (ALGORITHM.md section 9); "
+                "mix the market's products, most of which are discarded (docs/algorithm.md section 9); "
                 "use InstanceNorm, GroupNorm or LayerNorm instead"
             )
         running = [b for b, _ in module.named_buffers(recurse=False)

@@ -29,9 +29,9 @@ class Vendors(Protocol):
 
 @dataclass(eq=False)
 class SeededVendors:
-    """Vendor j of spec k adds sigma[k] * uniform(-1, 1) drawn from seeds[k][j].
+    """Vendor j of spec k adds sigma[k] * uniform(-1, 1) drawn from `seeds[k][j]`.
 
-    seeds: per spec, int64 [M_k] on the CPU; seeds[k][0] is 0, the leader.
+    seeds: per spec, int64 [M_k] on the CPU; `seeds[k][0]` is 0, the leader.
     cache: keep expanded deltas until the step ends (faster), or regenerate
     them from the seeds on every use (memory of the seeds only).
     antithetic: vendors come in pairs, vendor 2i the mirror -delta of vendor

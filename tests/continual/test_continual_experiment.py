@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import pytest
 import torch
 
 from marketplace import Market
@@ -51,7 +52,7 @@ def test_cli_dress_and_nine_run_log_and_plot(monkeypatch, capsys, small_data, tm
     assert last_json(out)["exclude"] == [9]
     run = ["--steps", "2", "--old-per-step", "12", "--new-per-step", "4", "--eval-every", "1",
            "--eval-samples", "50", "--device", "cpu", "--data-dir", small_data, "--json"]
-    for name, ckpt, extra in (("dress", digits, []), ("nine", no9, ["--baseline"])):
+    for name, ckpt, extra in (("dress", digits, []), ("dress-class10", digits, []), ("nine", no9, ["--baseline"])):
         log, png = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.png"
         code, out, err = run_cli(monkeypatch, capsys, "continual", name, "--checkpoint", ckpt, *run, *extra,
                                  "--log", log, "--plot", png)
@@ -68,24 +69,34 @@ def test_cli_dress_and_nine_run_log_and_plot(monkeypatch, capsys, small_data, tm
 
         client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
         runs = client.search_runs([client.get_experiment_by_name("marketplace-continual").experiment_id])
-        assert len(runs) == 2 and all("final_val_new_end" in r.data.metrics for r in runs)
+        assert len(runs) == 3 and all("final_val_new_end" in r.data.metrics for r in runs)
     code, out, err = run_cli(monkeypatch, capsys, "continual", "nine", "--checkpoint", tmp_path / "missing",
                              *run)
     assert code == 2 and err.startswith("error:") and "no checkpoint" in err
 
 
-def test_experiment_script_pretrains_runs_and_writes_results(monkeypatch, small_data, tmp_path):
+def test_experiment_script_runs_and_writes_results(monkeypatch, capsys, small_data, tmp_path):
     import importlib.util as util
     from pathlib import Path
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    base = tmp_path / "no9.safetensors"
+    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
+                             "--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
+                             "--data-dir", small_data, "--checkpoint", base)
+    assert code == 0, err
     path = Path(__file__).resolve().parents[2] / "experiments" / "continual_nine.py"
     spec = util.spec_from_file_location("continual_nine", path)
     script = util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    summary = script.main(["--checkpoint", str(tmp_path / "no9.safetensors"), "--pretrain-steps", "1",
-                           "--steps", "2", "--eval-every", "1", "--eval-samples", "50", "--device", "cpu",
-                           "--data-dir", str(small_data), "--out", str(tmp_path / "out")])
+    args = ["--steps", "2", "--eval-every", "1", "--eval-samples", "50", "--device", "cpu", "--vendors", "2,2,2",
+            "--data-dir", str(small_data), "--out", str(tmp_path / "out")]
+    summary = script.main(["--checkpoint", str(base), *args])
     assert summary["experiment"] == "nine" and summary["learner_updates"] == 2
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"nine.jsonl", "nine.png", "nine.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"nine.jsonl", "nine.png", "nine.json",
+                                                              "nine.safetensors"}
+    assert json.loads((tmp_path / "out" / "nine.json").read_text())["steps"] == 2
+    for argv in (["--checkpoint", str(tmp_path / "missing.safetensors"), *args, "--out", str(tmp_path / "o2")],
+                 ["--checkpoint", str(base), *args]):  # no base; a run that exists without --resume
+        with pytest.raises(SystemExit) as e:
+            script.main(argv)
+        assert str(e.value.code).startswith("error:") and "\n" not in str(e.value.code)

@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from marketplace.diagnostics.grid import Cell, build, format_table, load_weights, measure, plot, write_atomic
+from marketplace.diagnostics.grid import Cell, build, format_table, load_weights, measure, plot
+from marketplace.io import write_atomic
 from marketplace.models import beautiful_mnist
 from marketplace import Market
 

@@ -1,4 +1,4 @@
-"""Tests of marketplace.experiments.baselines: backprop on the market's CNN, data, batches and hooks."""
+"""Tests of experiments.lib.baselines: backprop on the market's CNN, data, batches and hooks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 import marketplace.training.loop as train_module
 from marketplace.errors import MarketplaceError
-from marketplace.experiments.baselines import BackpropConfig, BackpropTrainer, build_model, train_backprop
+from experiments.lib.baselines import BackpropConfig, BackpropTrainer, build_model, train_backprop
 from marketplace.models import beautiful_mnist
 from marketplace.training import Hook, JsonLog, ProgressBar, TrainConfig, Trainer, build_market
 

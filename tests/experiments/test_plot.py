@@ -1,4 +1,4 @@
-"""Tests of marketplace.experiments.plot: reading run logs, milestones, the markdown table, the PNG and `marketplace plot`."""
+"""Tests of experiments.lib.plot: reading run logs, milestones, the markdown table, the PNG and experiments/plot.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import statistics
 import pytest
 
 from marketplace.errors import MarketplaceError
-from marketplace.experiments.plot import find_runs, load_run, markdown_table, plot_runs, smooth
-from helpers import run_cli
+from experiments.lib.plot import find_runs, load_run, markdown_table, plot_runs, smooth
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -84,16 +83,16 @@ def test_bad_logs_are_reported(tmp_path):
 
 
 
-def test_plot_command(tmp_path, monkeypatch, capsys):
+def test_plot_command(tmp_path, run_script):
     logs = tmp_path / "runs"
     logs.mkdir()
     write_log(logs / "a.jsonl", [50, 91, 96])
     write_log(logs / "b.jsonl", [40, 60, 70])
-    code, out, err = run_cli(monkeypatch, capsys, "plot", logs, "--out", tmp_path / "p.png",
-                             "--table", tmp_path / "t.md", "--smoothing", "0")
+    code, out, err = run_script("plot", logs, "--out", tmp_path / "p.png",
+                                "--table", tmp_path / "t.md", "--smoothing", "0")
     assert code == 0, err
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
     assert "| a | 96.00 |" in out and "| b | 70.00 |" in out
     assert (tmp_path / "t.md").read_text().strip() == out.strip()
-    code, out, err = run_cli(monkeypatch, capsys, "plot", tmp_path / "nope.jsonl")
+    code, out, err = run_script("plot", tmp_path / "nope.jsonl")
     assert code == 2 and err.startswith("error:") and "no run log" in err

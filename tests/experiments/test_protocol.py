@@ -2,7 +2,7 @@
 
 import json
 
-from marketplace.experiments import protocol
+from experiments.lib import protocol
 
 
 def test_table_gives_mean_std_and_range():

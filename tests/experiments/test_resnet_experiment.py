@@ -2,7 +2,7 @@
 
 import json
 
-from marketplace.experiments.resnet import main
+from experiments.lib.resnet import main
 
 
 def test_resnet_experiment_writes_its_results(small_data, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of marketplace.experiments.runs and `marketplace experiment`: every experiment, tiny, end to end."""
+"""Tests of experiments.lib.runs and `python experiments/run.py`: every experiment, tiny, end to end."""
 
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from marketplace.errors import MarketplaceError
-from marketplace.experiments.baselines import BackpropConfig
-from marketplace.experiments.plot import load_run
-from marketplace.experiments.runs import EXPERIMENTS, Size, run_experiment
+from experiments.lib.baselines import BackpropConfig
+from experiments.lib.plot import load_run
+from experiments.lib.runs import EXPERIMENTS, RunSize, run_experiment
 from marketplace.training import TrainConfig
-from helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("small_data")
 
@@ -41,7 +40,7 @@ def test_experiment_end_to_end(name, small_data, tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     options, expected = CASES[name]
-    size = Size(**TINY, data_dir=str(small_data))
+    size = RunSize(**TINY, data_dir=str(small_data))
     result = run_experiment(name, size, tmp_path / "out", tracking_uri=mlflow_uri, progress=False, **options)
 
     assert list(result.summaries) == expected
@@ -70,7 +69,7 @@ def test_experiment_end_to_end(name, small_data, tmp_path, mlflow_uri):
 
 
 def test_published_sizes_at_scale_one():
-    size = Size(steps=3000)
+    size = RunSize(steps=3000)
     depth = EXPERIMENTS["depth"].runs(size)
     assert [r.name for r in depth] == ["v1-1x8", "v1-1x16", "v1-1x32", "v1-1x64", "v1-3x8", "v1-3x16"]
     assert depth[-1].config.vendors == (16, 16, 16) and depth[-1].config.batch == 512
@@ -83,20 +82,20 @@ def test_published_sizes_at_scale_one():
     assert isinstance(sgd, BackpropConfig) and (sgd.lr, sgd.norm, sgd.momentum) == (7e-3, "batch", 0.0)
     assert runs["adam-1e-3-instance"].algorithm == "adam"
     assert all(c.batch == 512 and c.steps == 3000 and c.seed == 0 for c in runs.values())
-    assert Size(steps=10, scale=0.25).batch == 128 and Size(steps=10, scale=0.25, batch_size=32).batch == 32
-    assert Size(steps=10, scale=0.25).vendors(16) == 4 and Size(steps=10, scale=0.01).vendors(16) == 2
+    assert RunSize(steps=10, scale=0.25).batch == 128 and RunSize(steps=10, scale=0.25, batch_size=32).batch == 32
+    assert RunSize(steps=10, scale=0.25).vendors(16) == 4 and RunSize(steps=10, scale=0.01).vendors(16) == 2
 
 
 def test_options_an_experiment_does_not_take_are_refused(tmp_path, small_data):
     with pytest.raises(MarketplaceError, match="takes no option lrs"):
-        run_experiment("depth", Size(**TINY, data_dir=str(small_data)), tmp_path, mlflow=False, lrs=(0.1,))
+        run_experiment("depth", RunSize(**TINY, data_dir=str(small_data)), tmp_path, mlflow=False, lrs=(0.1,))
     with pytest.raises(MarketplaceError, match="unknown experiment"):
-        run_experiment("nope", Size(**TINY), tmp_path, mlflow=False)
+        run_experiment("nope", RunSize(**TINY), tmp_path, mlflow=False)
 
 
 def test_only_and_plot_only(tmp_path, small_data):
     """--only trains some runs and draws them with the others' logs; --plot-only trains nothing."""
-    size = Size(**TINY, data_dir=str(small_data))
+    size = RunSize(**TINY, data_dir=str(small_data))
     out = tmp_path / "norm"
     with pytest.raises(MarketplaceError, match="no logs for"):
         run_experiment("norm", size, tmp_path, mlflow=False, progress=False, plot_only=True)
@@ -122,17 +121,17 @@ def tiny_args(small_data, tmp_path):
             "--data-dir", small_data, "--out", tmp_path, "--no-mlflow", "--quiet"]
 
 
-def test_experiment_command(monkeypatch, capsys, tmp_path, small_data):
-    code, out, err = run_cli(monkeypatch, capsys, "experiment", "target", *tiny_args(small_data, tmp_path), "--json")
+def test_experiment_command(run_script, tmp_path, small_data):
+    code, out, err = run_script("experiment", "target", *tiny_args(small_data, tmp_path), "--json")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert list(result["runs"]) == ["v2-2x2x2"] and Path(result["png"]).is_file()
-    assert "marketplace experiment target --steps 2" in Path(result["table"]).read_text()
+    assert "python experiments/target.py --steps 2" in Path(result["table"]).read_text()
     # --target: exit 1 when missed
-    code, out, err = run_cli(monkeypatch, capsys, "experiment", "target", *tiny_args(small_data, tmp_path),
-                             "--target", "101")
+    code, out, err = run_script("experiment", "target", *tiny_args(small_data, tmp_path),
+                                "--target", "101")
     assert code == 1 and "missed the target" in err
-    code, out, err = run_cli(monkeypatch, capsys, "experiment", "list")
+    code, out, err = run_script("experiment", "list")
     assert code == 0 and all(name in out for name in EXPERIMENTS)
 
 
@@ -143,8 +142,8 @@ def test_experiment_command(monkeypatch, capsys, tmp_path, small_data):
     (["experiment", "backprop", "--algorithm", "v2", "--steps", "1"], "takes no option algorithm"),
     (["experiment", "sweep", "--lrs", "a,b"], "comma-separated"),
 ])
-def test_experiment_command_mistakes(monkeypatch, capsys, tmp_path, args, hint):
-    code, out, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path, "--no-mlflow")
+def test_experiment_command_mistakes(run_script, tmp_path, args, hint):
+    code, out, err = run_script(*args, "--out", tmp_path, "--no-mlflow")
     assert code == 2 and hint in err and "Traceback" not in err
 
 

@@ -1,7 +1,7 @@
 """The `marketplace` command line: one module per command group, each adding its commands to `app`.
 
-`train` (train, evaluate), `bench`, `experiment` (experiment, plot, cost),
-`continual` (the `continual` group), `distributed` (train-distributed), `serve` and `align`.
+`train` (train, evaluate), `cost`, `continual` (the `continual` group),
+`distributed` (train-distributed), `serve` and `align`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
     """Train neural networks with forward passes only (the Marketplace algorithm)."""
 
 # Each module adds its commands to `app` when imported; the order is the order of `--help`.
-from . import train, bench, experiment, continual, distributed, serve, align  # noqa: E402,F401  isort: skip
+from . import train, cost, continual, distributed, serve, align  # noqa: E402,F401  isort: skip
 
 
 def main() -> None:

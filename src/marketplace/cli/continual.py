@@ -13,7 +13,7 @@ from .parse import ints
 
 continual_app = typer.Typer(
     add_completion=False, no_args_is_help=True,
-    help="Continual learning from inference (ALGORITHM.md section 7): a market learns a new class "
+    help="Continual learning from inference (docs/algorithm.md section 7): a market learns a new class "
          "from the requests it serves, each along one random path.")
 
 
@@ -62,9 +62,9 @@ def pretrain(
 def _experiment(
     experiment: str, checkpoint: str, steps: int, old_per_step: int, new_per_step: int, few_shot: bool,
     vendors: str, lr: float, probe_scale: float, unit: str, records: Optional[int], outliers: Optional[float],
-    augment: bool, balanced: bool, baseline: bool, eval_every: int, eval_samples: int, seed: int, device: str,
-    data_dir: Optional[str], log: Optional[str], plot: Optional[str], save: Optional[str], json_out: bool,
-    quiet: bool, mlflow: bool,
+    augment: bool, balanced: bool, baseline: bool, eval_every: int, eval_samples: int, log_every: int, seed: int,
+    device: str, data_dir: Optional[str], log: Optional[str], plot: Optional[str], save: Optional[str],
+    checkpoint_every: int, resume: bool, json_out: bool, quiet: bool, mlflow: bool,
 ) -> None:
     from ..continual.experiment import ContinualConfig, run_experiment
     from ..continual.report import PrintProgress, mlflow_hook, plot_log
@@ -74,8 +74,9 @@ def _experiment(
         experiment=experiment, checkpoint=checkpoint, steps=steps, old_per_step=old_per_step,
         new_per_step=new_per_step, few_shot=few_shot, vendors=ints(vendors, "--vendors"), lr=lr,
         probe_scale=probe_scale, unit=unit, records=records, outliers=outliers, augment=augment,
-        balanced=balanced, baseline=baseline, eval_every=eval_every, eval_samples=eval_samples, seed=seed,
-        device=device, data_dir=data_dir, log=log, save=save)
+        balanced=balanced, baseline=baseline, eval_every=eval_every, eval_samples=eval_samples, log_every=log_every,
+        seed=seed, device=device, data_dir=data_dir, log=log, save=save, checkpoint_every=checkpoint_every,
+        resume=resume)
     hooks = [] if quiet else [PrintProgress()]
     if log:
         hooks.append(JsonLog(log))
@@ -106,21 +107,24 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         augment: bool = typer.Option(False, help="shift old images by up to 2 pixels"),
         balanced: bool = typer.Option(False, help="spread vendors evenly over each batch's requests"),
         baseline: bool = typer.Option(False, help="learn from each path's loss minus the base weights' loss"),
-        eval_every: int = typer.Option(100, help="steps between validations"),
-        eval_samples: int = typer.Option(2000, help="old-class validation images in the log (the summary uses all)"),
+        eval_every: int = typer.Option(500, help="steps between validations (base weights, a fixed subsample)"),
+        eval_samples: int = typer.Option(2000, help="old-class validation images each time (the summary uses all)"),
+        log_every: int = typer.Option(50, help="steps per logged learning-accuracy window"),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
         data_dir: Optional[str] = typer.Option(None),
         log: Optional[str] = typer.Option(None, help="JSON-lines log of every step"),
         plot: Optional[str] = typer.Option(None, help="PNG of the curves (needs --log)"),
-        save: Optional[str] = typer.Option(None, help="checkpoint of the market and learner at the end"),
+        save: Optional[str] = typer.Option(None, help="the run's checkpoint: market, learner and progress"),
+        checkpoint_every: int = typer.Option(1000, help="steps between checkpoints to --save"),
+        resume: bool = typer.Option(False, help="continue from --save if it exists"),
         json_out: bool = typer.Option(False, "--json", help="print one final JSON line"),
         quiet: bool = typer.Option(False, help="no progress lines"),
         mlflow: bool = typer.Option(True, help="also log to MLflow when `import mlflow` works"),
     ):
         _experiment(experiment, checkpoint, steps, old_per_step, new_per_step, few_shot, vendors, lr, probe_scale,
-                    unit, records, outliers, augment, balanced, baseline, eval_every, eval_samples, seed, device,
-                    data_dir, log, plot, save, json_out, quiet, mlflow)
+                    unit, records, outliers, augment, balanced, baseline, eval_every, eval_samples, log_every, seed,
+                    device, data_dir, log, plot, save, checkpoint_every, resume, json_out, quiet, mlflow)
 
     command.__doc__ = doc
     return command
@@ -128,7 +132,11 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
 
 continual_app.command("dress")(_command(
     "dress", "runs/digits.safetensors",
-    "MNIST digits, then Fashion-MNIST dress as new class 10 (start: a `marketplace train` checkpoint)."))
+    "MNIST digits, then Fashion-MNIST dresses shown as the digit 3, as published (start: a `marketplace train` "
+    "checkpoint)."))
+continual_app.command("dress-class10")(_command(
+    "dress-class10", "runs/digits.safetensors",
+    "MNIST digits, then Fashion-MNIST dress as a new class 10 (the head widened to 11 outputs)."))
 continual_app.command("nine")(_command(
     "nine", "runs/no9.safetensors",
     "Digits 0-8, then learn 9 (start: a `marketplace continual pretrain --exclude 9` checkpoint)."))

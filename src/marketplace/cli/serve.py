@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from . import app
+from .parse import ints
 
 
 @app.command()
@@ -21,6 +22,8 @@ def serve(
     unit: str = typer.Option("model", help="unit vector over the whole 'model' or per 'spec'"),
     seed: int = typer.Option(0, help="seeds the vendors and the serving paths"),
     classes: Optional[int] = typer.Option(None, help="widen the head to this many classes (a new class)"),
+    vendors: Optional[str] = typer.Option(None, help="vendors per spec of the served market (default: the "
+                                                     "checkpoint's), e.g. 4,4,4"),
     store: str = typer.Option("runs/server", help="directory of the SQLite store and the learner checkpoint"),
     checkpoint_every: int = typer.Option(10, help="updates between learner checkpoints (also on SIGTERM)"),
     keep_served: int = typer.Option(1_000_000, help="served requests kept for their labels (those of superseded "
@@ -44,22 +47,24 @@ def serve(
     import torch
     import uvicorn
 
-    from ..server import ServerConfig, create_app, engine_from_checkpoint
-    from ..server.auth import resolve_token
+    from ..serving import ServerConfig, create_app, engine_from_checkpoint
+    from ..serving.auth import resolve_token
 
     if threads:
         torch.set_num_threads(threads)
     secret, made_up = resolve_token(token)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
+                          vendors=ints(vendors, "--vendors") if vendors else None,
                           learning=learning, baseline=baseline, balanced=balanced, store=store,
                           checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, protect_predict=protect_predict, device=device)
     engine = engine_from_checkpoint(checkpoint, config)
-    status = engine.status()
+    status, model = engine.status(), engine.model
     print(f"marketplace serve: http://{host}:{port} step {status['step']} "
-          f"({status['replayed']} records replayed from {store}), learning {'on' if learning else 'off'}",
-          file=sys.stderr, flush=True)
+          f"({status['replayed']} records replayed from {store}), learning {'on' if learning else 'off'}; "
+          f"{model['source']} on inputs {model['input_shape']}, {model['served_classes']} classes, "
+          f"vendors {list(engine.market.vendor_counts)}", file=sys.stderr, flush=True)
     if made_up:
         print(f"token (made up for this run; set --token or $MARKETPLACE_TOKEN to choose one): {secret}",
               file=sys.stderr, flush=True)

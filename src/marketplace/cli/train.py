@@ -56,7 +56,7 @@ def train(
     data_dir: Optional[str] = typer.Option(None, help="directory with the IDX files (else $MARKETPLACE_DATA_DIR, the cache, a download)"),
     json_out: bool = typer.Option(False, "--json", help="print one final JSON line with the results"),
     quiet: bool = typer.Option(False, help="no progress bar"),
-    # -- your model, your data (issue 13) --
+    # -- your model, your data --
     model: str = typer.Option("beautiful-mnist", help="a preset (beautiful-mnist, mlp, resnet, resnet8, resnet20, "
                               "resnet18) or your factory: pkg.module:build or path/file.py:build"),
     split: Optional[str] = typer.Option(None, help="layer indices where a factory's nn.Sequential is cut into specs, e.g. 3,6"),
@@ -90,7 +90,7 @@ def train(
     import torch
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        from ..experiments.page_faults import reuse_freed_memory
+        from ..memory import reuse_freed_memory
 
         reuse_freed_memory()  # a CPU step's products then reuse freed pages instead of faulting in new ones
     summary = run(config, hooks)

@@ -1,4 +1,4 @@
-"""Learning from inference (ALGORITHM.md section 7), without HTTP.
+"""Learning from inference (docs/algorithm.md section 7), without HTTP.
 
 `serving.serve` runs each request along its own random path in one batched
 forward; `learner.ContinualLearner` keeps (path, loss) records, the losses

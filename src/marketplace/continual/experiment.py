@@ -1,4 +1,4 @@
-"""One continual-learning run (ALGORITHM.md section 7): serve, learn from the labels, validate.
+"""One continual-learning run (docs/algorithm.md section 7): serve, learn from the labels, validate.
 
 Each step serves `old_per_step` old and `new_per_step` new images, every one
 along its own random path, with its label known at once; the learner
@@ -6,15 +6,17 @@ reconciles the step's records (K = the batch) as V2 with a whole-model unit
 vector and a fixed learning rate. Samples come from the whole training
 stream; `few_shot` reproduces the published runs, whose indices were bounded
 by the subset size and so drew from the first 240 old and first 16 new
-images only. The published experiments are `dress` and `nine`, one module
-each.
+images only.
+
+A run checkpoints its market, learner and sampling state every
+`checkpoint_every` steps; resumed, it continues exactly where the checkpoint
+was taken (the stream's images are a pure function of seed and step).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -24,57 +26,24 @@ from ..machine import machine_name, resolve_device
 from ..market import Market
 from ..optim import V2
 from ..rng import derive_seeds
-from ..training import Hook, accuracy, save_checkpoint
-from . import dress, nine
+from ..training import Hook, accuracy, load_checkpoint, save_checkpoint
+from ..training.checkpoint import CheckpointError
+from . import dress, dress_class10, nine
+from .config import ContinualConfig
 from .learner import ContinualLearner
 from .losses import per_example_cross_entropy
 from .pretrain import load_market
 from .stream import STREAM_AUGMENT, STREAM_NEW, STREAM_OLD, ContinualData, shift_augment, step_indices
 
-EXPERIMENTS = {module.NAME: module for module in (dress, nine)}
+EXPERIMENTS = {module.NAME: module for module in (dress, dress_class10, nine)}
+__all__ = ["EXPERIMENTS", "ContinualConfig", "ContinualRun", "experiment_data", "run_experiment", "validate"]
 
 
 def experiment_data(experiment: str, data_dir: str | None, device: torch.device) -> ContinualData:
-    """The old and new data of `dress` (digits + dress as class 10) or `nine` (0-8 + 9)."""
+    """The old and new data of an experiment (`EXPERIMENTS`)."""
     if experiment not in EXPERIMENTS:
         raise MarketplaceError(f"unknown experiment {experiment!r}; choose from {', '.join(EXPERIMENTS)}")
     return EXPERIMENTS[experiment].load(data_dir, device)
-
-
-@dataclass
-class ContinualConfig:
-    experiment: str = "dress"
-    checkpoint: str = "runs/digits.safetensors"
-    steps: int = 1000
-    old_per_step: int = 240
-    new_per_step: int = 16
-    few_shot: bool = False  # the published sampling: the first 240 old and first 16 new images only
-    vendors: tuple[int, ...] = (4, 4, 4)  # the serving market (the checkpoint's spec split must match)
-    lr: float = 1e-2
-    probe_scale: float = 1.0
-    unit: str = "model"  # whole-model unit vector, as published
-    records: int | None = None  # K; None: one update per step (old + new per step)
-    outliers: float | None = None  # drop losses beyond this many standard deviations
-    augment: bool = False  # shift the old images by up to 2 px
-    balanced: bool = False
-    baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
-    eval_every: int = 100
-    eval_samples: int = 2000  # old-class validation images in the log (the summary uses all of them)
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    log: str | None = None
-    save: str | None = None
-
-    def validate(self) -> None:
-        if self.experiment not in EXPERIMENTS:
-            raise MarketplaceError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
-        if self.steps < 1 or self.old_per_step < 0 or self.new_per_step < 0 or self.old_per_step + self.new_per_step < 2:
-            raise MarketplaceError("need --steps >= 1 and at least 2 images per step")
-        if self.unit not in ("spec", "model"):
-            raise MarketplaceError(f"--unit must be 'spec' or 'model', got {self.unit!r}")
-        if self.eval_every < 1:
-            raise MarketplaceError("--eval-every must be >= 1")
 
 
 @torch.no_grad()
@@ -87,8 +56,17 @@ def validate(market: Market, data: ContinualData, old_samples: int | None = None
             "val_new_accuracy": new_acc, "val_new_loss": new_loss}
 
 
+def _flat(state: dict[str, Any]) -> dict[str, Any]:
+    """Learner state keys without dots (a checkpoint's keys split at the first dot)."""
+    return {k.replace(".", "/"): v for k, v in state.items()}
+
+
+def _unflat(state: dict[str, Any]) -> dict[str, Any]:
+    return {k.replace("/", "."): v for k, v in state.items()}
+
+
 class ContinualRun:
-    """One run of an experiment: data, market, learner and the loop over steps."""
+    """One run of an experiment: data, market, learner and the loop over steps, resumable."""
 
     def __init__(self, config: ContinualConfig, hooks: Sequence[Hook] = ()):
         config.validate()
@@ -105,6 +83,45 @@ class ContinualRun:
                                         path_seed=config.seed, balanced=config.balanced,
                                         baseline=config.baseline)
         self.augmenter = torch.Generator().manual_seed(int(derive_seeds(config.seed, STREAM_AUGMENT)[0]) & (2**63 - 1))
+        self.step, self.seconds, self.eval_seconds, self.start_val = 0, 0.0, 0.0, None
+        if config.resume:
+            self._restore()
+
+    # -- state ---------------------------------------------------------------
+
+    def save(self) -> None:
+        """Write the run's checkpoint atomically: weights, learner, sampling state, progress."""
+        meta = {"config": dataclasses.asdict(self.config), "step": self.step, "seconds": self.seconds,
+                "eval_seconds": self.eval_seconds, "start_val": self.start_val, "pretrain": self.meta,
+                "continual_run": True}
+        state = _flat(self.learner.state_dict())
+        state["augmenter"] = self.augmenter.get_state()
+        save_checkpoint(self.config.save, self.market.state_dict(), state, meta)
+
+    def _restore(self) -> None:
+        """Continue from `config.save` when it exists (a fresh run otherwise, said by the first line)."""
+        from pathlib import Path
+
+        path = self.config.save
+        if not Path(path).exists():
+            return
+        ckpt = load_checkpoint(path)
+        if not ckpt.meta.get("continual_run"):
+            raise CheckpointError(f"{path} is not a continual run's checkpoint")
+        differences = self.config.resume_differences(ckpt.meta.get("config", {}))
+        if differences:
+            raise CheckpointError(f"{path} was run with {'; '.join(differences)}: resume with the same settings")
+        if ckpt.meta["step"] > self.config.steps:
+            raise CheckpointError(f"{path} is already at step {ckpt.meta['step']}, past steps={self.config.steps}")
+        self.market.load_state_dict({k: v.to(self.device) for k, v in ckpt.model.items()})
+        state = dict(ckpt.optimizer)
+        self.augmenter.set_state(state.pop("augmenter"))
+        self.learner.load_state_dict(_unflat(state))
+        self.step, self.seconds = int(ckpt.meta["step"]), float(ckpt.meta["seconds"])
+        self.eval_seconds, self.start_val, self.meta = (float(ckpt.meta["eval_seconds"]), ckpt.meta["start_val"],
+                                                        ckpt.meta["pretrain"])
+
+    # -- the loop ------------------------------------------------------------
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's images: old first, then new, drawn from the whole streams (or the first few)."""
@@ -118,53 +135,93 @@ class ContinualRun:
             old_x = shift_augment(old_x, self.augmenter)
         return torch.cat([old_x, d.new_x[inew]]), torch.cat([d.old_y[io], d.new_y[inew]])
 
-    def run(self) -> dict[str, Any]:
-        cfg = self.config
-        n_old = cfg.old_per_step
-        start_val = validate(self.market, self.data)  # the whole validation sets, for the summary
-        for hook in self.hooks:
-            hook.on_start(cfg, self.market, 0)
-        for hook in self.hooks:  # the log uses the same eval_samples old images at every point
-            hook.on_step({"step": 0, "seconds": 0.0, **validate(self.market, self.data, cfg.eval_samples)})
-        start = time.perf_counter()
-        for step in range(cfg.steps):
-            x, y = self.batch(step)
-            response = self.learner.serve(x, labels=y)
+    def learn(self, step: int) -> dict[str, float]:
+        """Serve and learn from one step's images; the counts of correct answers and summed losses."""
+        x, y = self.batch(step)
+        response = self.learner.serve(x, labels=y)
+        with torch.no_grad():
             losses = per_example_cross_entropy(response.logits, y)
             correct = (response.logits.argmax(1) == y).float()
-            metrics: dict[str, Any] = {"step": step + 1, "seconds": time.perf_counter() - start,
-                                       "updates": self.learner.stats["updates"]}
-            for part, sl in (("old", slice(0, n_old)), ("new", slice(n_old, None))):
-                if len(correct[sl]):
-                    metrics[f"learn_{part}_accuracy"] = 100.0 * float(correct[sl].mean())
-                    metrics[f"learn_{part}_loss"] = float(losses[sl].mean())
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                metrics.update(validate(self.market, self.data, cfg.eval_samples))
-            for hook in self.hooks:
-                hook.on_step(metrics)
-        seconds = time.perf_counter() - start
-        end_val = validate(self.market, self.data)
-        summary = {
-            "experiment": cfg.experiment, "steps": cfg.steps, "seconds": round(seconds, 1),
-            "steps_per_second": cfg.steps / max(seconds, 1e-9), "device": str(self.device),
-            "machine": machine_name(self.device),
-            "old": self.data.old_name, "new": self.data.new_name,
-            "val_old_start": start_val["val_old_accuracy"], "val_old_end": end_val["val_old_accuracy"],
-            "val_new_start": start_val["val_new_accuracy"], "val_new_end": end_val["val_new_accuracy"],
-            "old_drop_points": start_val["val_old_accuracy"] - end_val["val_old_accuracy"],
-            "pretrain_test_accuracy": self.meta.get("test_accuracy"),
-            "target_met": end_val["val_new_accuracy"] >= 90.0
-            and start_val["val_old_accuracy"] - end_val["val_old_accuracy"] <= 0.5,
-            **{f"learner_{k}": v for k, v in self.learner.stats.items()},
-        }
-        if cfg.save:
-            meta = {"config": dataclasses.asdict(cfg), "summary": summary, "pretrain": self.meta}
-            save_checkpoint(cfg.save, self.market.state_dict(), self.learner.state_dict(), meta)
+        n_old = self.config.old_per_step
+        return {"old_correct": float(correct[:n_old].sum()), "old_loss": float(losses[:n_old].sum()),
+                "new_correct": float(correct[n_old:].sum()), "new_loss": float(losses[n_old:].sum())}
+
+    def _validate(self, samples: int | None) -> dict[str, float]:
+        start = time.perf_counter()
+        out = validate(self.market, self.data, samples)
+        self.eval_seconds += time.perf_counter() - start
+        return out
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        fresh = self.step == 0
+        if fresh:
+            self.start_val = self._validate(None)  # the whole validation sets, for the summary
+        for hook in self.hooks:
+            hook.on_start(cfg, self.market, self.step)
+        if fresh:  # the log uses the same eval_samples old images at every point
+            self._emit({"step": 0, "seconds": 0.0, **self._validate(cfg.eval_samples)})
+        window = {"old_correct": 0.0, "old_loss": 0.0, "new_correct": 0.0, "new_loss": 0.0, "steps": 0}
+        clock = time.perf_counter() - self.seconds
+        while self.step < cfg.steps:
+            for key, value in self.learn(self.step).items():
+                window[key] += value
+            window["steps"] += 1
+            self.step += 1
+            self.seconds = time.perf_counter() - clock
+            last = self.step == cfg.steps
+            evaluate = self.step % cfg.eval_every == 0 or last
+            if evaluate or self.step % cfg.log_every == 0:
+                metrics = {"step": self.step, "seconds": self.seconds, "updates": self.learner.stats["updates"],
+                           **self._window_metrics(window)}
+                if evaluate:
+                    metrics.update(self._validate(cfg.eval_samples))
+                self._emit(metrics)
+                window = dict.fromkeys(window, 0.0)
+                window["steps"] = 0
+            else:
+                self._emit({"step": self.step, "seconds": self.seconds})
+            if cfg.save and (self.step % cfg.checkpoint_every == 0 or last):
+                self.save()
+        summary = self.summary(self._validate(None))
         for hook in self.hooks:
             hook.on_end(summary)
         return summary
 
+    def _window_metrics(self, w: dict[str, float]) -> dict[str, float]:
+        """Learning accuracy and loss of the served requests, averaged over the steps since the last log."""
+        out = {}
+        for part, per_step in (("old", self.config.old_per_step), ("new", self.config.new_per_step)):
+            n = per_step * w["steps"]
+            if n:
+                out[f"learn_{part}_accuracy"] = 100.0 * w[f"{part}_correct"] / n
+                out[f"learn_{part}_loss"] = w[f"{part}_loss"] / n
+        return out
+
+    def _emit(self, metrics: dict[str, Any]) -> None:
+        for hook in self.hooks:
+            hook.on_step(metrics)
+
+    def summary(self, end_val: dict[str, float]) -> dict[str, Any]:
+        cfg, start_val = self.config, self.start_val
+        exp = EXPERIMENTS[cfg.experiment]
+        drop = start_val["val_old_accuracy"] - end_val["val_old_accuracy"]
+        return {
+            "experiment": cfg.experiment, "steps": cfg.steps, "seconds": round(self.seconds, 1),
+            "eval_seconds": round(self.eval_seconds, 1),
+            "steps_per_second": cfg.steps / max(self.seconds - self.eval_seconds, 1e-9),
+            "device": str(self.device), "machine": machine_name(self.device), "threads": torch.get_num_threads(),
+            "old": self.data.old_name, "new": self.data.new_name,
+            "val_old_start": start_val["val_old_accuracy"], "val_old_end": end_val["val_old_accuracy"],
+            "val_new_start": start_val["val_new_accuracy"], "val_new_end": end_val["val_new_accuracy"],
+            "old_drop_points": drop,
+            "pretrain_test_accuracy": self.meta.get("test_accuracy"),
+            "target": exp.TARGET,
+            "target_met": end_val["val_new_accuracy"] >= exp.TARGET_NEW and drop <= 0.5,
+            **{f"learner_{k}": v for k, v in self.learner.stats.items()},
+        }
+
 
 def run_experiment(config: ContinualConfig, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
-    """Run one experiment and return its summary (validation accuracies in percent)."""
+    """Run (or resume) one experiment and return its summary (validation accuracies in percent)."""
     return ContinualRun(config, hooks).run()

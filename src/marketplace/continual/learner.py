@@ -1,4 +1,4 @@
-"""Continual learning from inference (ALGORITHM.md section 7).
+"""Continual learning from inference (docs/algorithm.md section 7).
 
 A deployed market serves every request along one random path
 (`continual.serving`). For each request the learner keeps the path and,
@@ -35,14 +35,10 @@ from typing import Any, Hashable, Sequence
 
 import torch
 
-from ..errors import MarketplaceError
+from ..errors import MarketplaceError, UnknownRequestError
 from ..optim import AdaptiveV2, MarketOptimizer
 from .losses import LossFn, OutlierRule, drop_beyond_std, per_example_cross_entropy, relative_losses
 from .serving import serve
-
-
-class UnknownRequestError(MarketplaceError):
-    """A label arrived for a request id that is not waiting for one."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Experiment 2 (ALGORITHM.md section 7): digits 0-8, then learn 9.
+"""Experiment 2 (docs/algorithm.md section 7): digits 0-8, then learn 9.
 
 Pre-training leaves 9 out of the loss (`pretrain(..., exclude=(9,))`, the
 article's ignore_index run): the 9s stay in the batches, their output slot
@@ -17,7 +17,8 @@ NAME = "nine"
 TITLE = "continual learning: digits 0-8, then 9"
 DEFAULT_CHECKPOINT = "runs/no9.safetensors"
 EXCLUDE = (9,)
-TARGET = "9 >= 90%, 0-8 -0.5 points at most"
+TARGET = "9 >= 71%, 0-8 -0.5 points at most"
+TARGET_NEW = 71.0  # new-class validation accuracy to reach (the article: 71% at 100,000 steps)
 FEW_SHOT = "first 240 of 0-8, first 16 nines"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +12,68 @@ from ..training import Hook
 
 
 class PrintProgress(Hook):
-    """One line per validation: learning and validation accuracy of old and new classes."""
+    """Progress of a run: steps/s and ETA, and a line per validation with learning and validation accuracy.
 
-    def __init__(self, every: int = 1):
-        self.every = every
+    On a terminal a rich progress bar; elsewhere (a log file, nohup) a plain
+    line every `every_seconds`, since a bar would print nothing until the end.
+    """
+
+    def __init__(self, every_seconds: float = 30.0, console=None):
+        from rich.console import Console
+
+        self.every_seconds = every_seconds
+        self.console = console or Console(stderr=True)
+        self.bar = None
+
+    def on_start(self, config, market, start_step: int) -> None:
+        self.total, self.first = config.steps, start_step
+        self.started = self.last_line = time.perf_counter()
+        counts = "x".join(map(str, market.vendor_counts))
+        where = f"resuming at step {start_step}" if start_step else "from step 0"
+        self.console.print(f"continual {config.experiment}: market {counts}, {config.steps} steps, {where}",
+                           highlight=False)
+        if self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn(f"[bold]{config.experiment}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                TimeRemainingColumn(), TextColumn("{task.fields[val]}"), console=self.console)
+            self.task = self.bar.add_task(config.experiment, total=config.steps, completed=start_step, rate="", val="")
+            self.bar.start()
+
+    def _rate(self, step: int) -> tuple[float, float]:
+        """(steps per second since the start of this process, seconds left)."""
+        rate = (step - self.first) / max(time.perf_counter() - self.started, 1e-9)
+        return rate, (self.total - step) / rate if rate > 0 else float("inf")
 
     def on_step(self, metrics: dict[str, Any]) -> None:
-        if "val_old_accuracy" not in metrics:
+        step = metrics["step"]
+        rate, left = self._rate(step)
+        val = ""
+        if "val_old_accuracy" in metrics:
+            learn = ""
+            if "learn_new_accuracy" in metrics:
+                learn = f"learn old {metrics['learn_old_accuracy']:5.1f}% new {metrics['learn_new_accuracy']:5.1f}%  "
+            val = f"{learn}val old {metrics['val_old_accuracy']:6.2f}% new {metrics['val_new_accuracy']:6.2f}%"
+        if self.bar is not None:
+            fields = {"rate": f"{rate:.1f} steps/s"} | ({"val": val} if val else {})
+            self.bar.update(self.task, completed=step, **fields)
             return
-        learn = ""
-        if "learn_new_accuracy" in metrics:
-            learn = (f"learn old {metrics['learn_old_accuracy']:5.1f}% new {metrics['learn_new_accuracy']:5.1f}%  ")
-        print(f"step {metrics['step']:>6}  {learn}val old {metrics['val_old_accuracy']:6.2f}% "
-              f"new {metrics['val_new_accuracy']:6.2f}%  ({metrics['seconds']:.0f} s)", flush=True)
+        now = time.perf_counter()
+        if val or now - self.last_line >= self.every_seconds:
+            eta = f"{left / 60:.1f} min" if left != float("inf") else "?"
+            self.console.print(f"step {step:>6}/{self.total}  {rate:5.1f} steps/s  eta {eta}  {val}".rstrip(),
+                               highlight=False, soft_wrap=True)
+            self.last_line = now
 
     def on_end(self, summary: dict[str, Any]) -> None:
-        print(f"{summary['experiment']}: {summary['new']} {summary['val_new_start']:.2f}% -> "
-              f"{summary['val_new_end']:.2f}%, {summary['old']} {summary['val_old_start']:.2f}% -> "
-              f"{summary['val_old_end']:.2f}% after {summary['steps']} steps in {summary['seconds']:.0f} s "
-              f"on {summary['device']}", flush=True)
+        if self.bar is not None:
+            self.bar.stop()
+        self.console.print(f"{summary['experiment']}: {summary['new']} {summary['val_new_start']:.2f}% -> "
+                           f"{summary['val_new_end']:.2f}%, {summary['old']} {summary['val_old_start']:.2f}% -> "
+                           f"{summary['val_old_end']:.2f}% after {summary['steps']} steps in {summary['seconds']:.0f} s "
+                           f"on {summary['device']}", highlight=False, soft_wrap=True)
 
 
 def mlflow_hook(**kwargs) -> list[Hook]:
@@ -64,7 +108,8 @@ def read_log(path: str | Path) -> tuple[list[dict], dict | None, dict | None]:
         rec = json.loads(line)
         event = rec.get("event")
         if event == "start":
-            start, steps = rec, []  # a log appended to twice: keep the last run
+            # a resumed run keeps the steps up to where it resumed from; a new run (step 0) starts over
+            start, steps = rec, [s for s in steps if s["step"] <= rec.get("step", 0)] if rec.get("step") else []
         elif event == "end":
             end = rec
         elif event == "step":

@@ -1,4 +1,4 @@
-"""Random-path inference: each request goes through one vendor per spec (ALGORITHM.md section 7).
+"""Random-path inference: each request goes through one vendor per spec (docs/algorithm.md section 7).
 
 A deployed market serves every example along its own random path, so the
 requests themselves probe the vendors. The forward pass stays one batched
@@ -7,7 +7,7 @@ padded to the largest group, run through all vendors at once over the
 stacked vendor weights, and scattered back into request order. Vendors
 that no example drew are left out (a batch of one runs one vendor, not M).
 Common layers (Conv2d, InstanceNorm2d, Linear, pooling, activations) run in
-the grouped layout of `formulations` (the one `Market.evaluate` uses), the
+the grouped layout of `layouts` (the one `Market.evaluate` uses), the
 vendors folded into the channels (one grouped convolution); any other spec
 goes through `vmap(functional_call)`. There is no Python loop over examples
 or vendors.
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, vmap
 
-from .. import formulations
+from .. import layouts
 from ..market import Market, MarketError
 from ..vendors import Vendors
 
@@ -78,16 +78,16 @@ def _spec_forward(market: Market, k: int, params: dict[str, torch.Tensor], h: to
                   grouped: bool = True) -> torch.Tensor:
     """Spec k on h [G, M, ...] (example r of vendor j at [r, j]) -> [G, M, ...out].
 
-    The grouped layout (`formulations.grouped_spec`) avoids the reshuffles
+    The grouped layout (`layouts.grouped_spec`) avoids the reshuffles
     that vmap's batching rules add around InstanceNorm and pooling (about
     1.4x slower on a CPU for the CNN's first spec).
     """
     spec = market.specs[k]
     try:
-        if grouped and formulations.expressible(spec):
+        if grouped and layouts.expressible(spec):
             try:  # grouped_spec takes and gives the vendor axis first: [M, G, ...]
-                return formulations.grouped_spec(spec, params, h.transpose(0, 1), shared=False).transpose(0, 1)
-            except formulations.Unsupported:
+                return layouts.grouped_spec(spec, params, h.transpose(0, 1), shared=False).transpose(0, 1)
+            except layouts.UnsupportedLayout:
                 pass
         call = lambda p, inp: functional_call(spec, p, (inp,))
         return vmap(call, in_dims=(0, 1), out_dims=1)(params, h)

@@ -31,8 +31,8 @@ MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics, used for both IDX data set
 def default_cache_dir() -> Path:
     """Where downloads go, so they survive across runs and projects.
 
-    platformdirs is imported here, not at the top, and is optional: the lent
-    GPU machine reads MARKETPLACE_DATA_DIR and lacks it (then ~/.cache).
+    platformdirs is imported here, not at the top, and is optional: a bare
+    machine that reads MARKETPLACE_DATA_DIR may lack it (then ~/.cache).
     """
     try:
         import platformdirs

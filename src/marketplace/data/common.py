@@ -5,20 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
-from ..errors import MarketplaceError
+from ..errors import DataError
+from ..io import atomic_path
 
 ENV_DATA_DIR = "MARKETPLACE_DATA_DIR"
 ENV_OFFLINE = "MARKETPLACE_OFFLINE"
 ENV_MIRROR = "MARKETPLACE_MIRROR"
 CHUNK = 1 << 20
-
-
-class DataError(MarketplaceError):
-    """A data set is missing, corrupt, or could not be downloaded."""
 
 
 def cache_dir() -> Path:
@@ -60,16 +56,10 @@ def md5_of(path: Path) -> str:
 
 def download_verified(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
     """Fetch `url` into a temporary file beside `dest`; install it only if its MD5 is `md5`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    with atomic_path(dest, suffix=".part") as tmp:
+        with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, CHUNK)
         got = md5_of(tmp)
         if got != md5:
             raise DataError(f"{url}: MD5 checksum mismatch (got {got}, expected {md5})")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+    return dest

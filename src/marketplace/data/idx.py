@@ -14,7 +14,6 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import atomic_path
 from .common import ENV_MIRROR, ENV_OFFLINE, DataError, cache_dir, candidates, offline
 
 SPLITS = ("train", "test")
@@ -133,7 +133,7 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None) -> Pa
     needed = ", ".join(f"{f}[.gz]" for f in info.file_names)
     places = ", ".join(str(d) for d in searched)
     advice = (
-        "Pass --data-dir DIR, or set MARKETPLACE_DATA_DIR=DIR, to a directory "
+        "Pass data_dir=DIR (--data-dir DIR on the command line), or set MARKETPLACE_DATA_DIR=DIR, to a directory "
         f"holding these files (as DIR/{name}/ or DIR/)"
     )
     if offline():
@@ -192,7 +192,7 @@ def _check_md5(path: Path | str, name: str, fname: str, digest: str) -> None:
         return
     other = [n for n, i in DATASETS.items() if n != name and i.md5.get(fname) == digest]
     hint = (
-        f" (it is the {other[0]} file: point --data-dir at the {name} directory)"
+        f" (it is the {other[0]} file: point data_dir (--data-dir) at the {name} directory)"
         if other
         else "; delete it and download it again"
     )
@@ -259,20 +259,14 @@ def load_split(
 
 def _fetch(url: str, dest: Path, name: str, fname: str, timeout: float) -> None:
     """Download ``url`` and install it as ``dest`` only if its content checks out."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                shutil.copyfileobj(resp, out, _CHUNK)
+    with atomic_path(dest, suffix=".part") as tmp:
+        with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, _CHUNK)
         try:
             digest = _md5_of_file(tmp)
         except DataError:
             raise DataError("the downloaded file is not a valid gzip file") from None
         _check_md5(url, name, fname, digest)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _mirrors(info: DatasetInfo, mirrors: list[str] | None) -> list[str]:

@@ -1,7 +1,7 @@
-"""How well the market's direction points down the true gradient (issue 11, item 1).
+"""How well the market's direction points down the true gradient.
 
 Backprop is used only as a measuring stick: for one batch, the V2 direction
-G (ALGORITHM.md section 5, built from the pure functions of `functional`)
+G (docs/algorithm.md, built from the pure functions of `functional`)
 is compared with -grad L at the same base weights, where L is the same mean
 cross-entropy the paths are scored with. Three cosines per spec k and for
 the whole model:

@@ -10,18 +10,17 @@ them into results/alignment/.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
 from .. import data
+from ..cost import beautiful_mnist_cost
 from ..errors import MarketplaceError
-from ..experiments.cost import beautiful_mnist_cost
 from ..functional import centered_rank_attribution, standardized_attribution
+from ..io import write_atomic
 from ..market import Market
 from ..models import beautiful_mnist
 from ..optim import V2
@@ -56,7 +55,7 @@ class Cell:
 
 
 def default_cells() -> list[Cell]:
-    """The grid of the issue: vendors 2-16, depth 1-3, full and partial sampling, batch, probe width.
+    """The alignment grid: vendors 2-16, depth 1-3, full and partial sampling, batch, probe width.
 
     The depth cells pair markets of about equal compute per step (cost model of section 3):
     depth 1 x 8 vendors ~ 4x4 ~ 4x4x4, and depth 1 x 24 ~ 8x8x8.
@@ -207,17 +206,3 @@ def plot(rows: Sequence[dict], path: str | os.PathLike) -> None:
     plt.close(fig)
     write_atomic(path, buffer.getvalue())
 
-
-def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
-    """Write a results file through a temporary file and a rename: never half a table."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -1,6 +1,6 @@
 """Training across processes and machines on torch.distributed, exchanging only seeds and losses.
 
-Two axes (docs/algorithm.md, section 8), each one collective per step:
+Two axes (docs/algorithm.md section 8), each one collective per step:
 
 - `DataAxis`: the same vendors on every rank, the batch split across ranks;
   one all-reduce of the P path losses.

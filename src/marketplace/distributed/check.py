@@ -14,12 +14,8 @@ from collections import Counter
 import torch
 from torch import nn
 
-from ..errors import MarketplaceError
+from ..errors import WeightsDivergedError
 from .collectives import Collectives
-
-
-class WeightsDivergedError(MarketplaceError):
-    """The ranks no longer hold bit-identical weights."""
 
 
 def weights_hash(module: nn.Module) -> int:

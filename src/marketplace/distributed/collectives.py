@@ -18,11 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import MarketplaceError
-
-
-class DistributedError(MarketplaceError):
-    """A collective failed: a peer rank died, stalled past the timeout, or could not be reached."""
+from ..errors import DistributedError
 
 
 def ring_bytes_sent(op: str, nbytes: int, world_size: int) -> float:

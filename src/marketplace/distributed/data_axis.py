@@ -1,4 +1,4 @@
-"""The data axis (docs/algorithm.md, section 8): same vendors, different examples.
+"""The data axis (docs/algorithm.md section 8): same vendors, different examples.
 
 Every rank holds the same weights and draws the same vendors (the same
 seeds, a pure function of (seed, step)). Rank r evaluates every path on its

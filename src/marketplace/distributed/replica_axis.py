@@ -1,4 +1,4 @@
-"""The replica axis (docs/algorithm.md, section 8): different vendors, the same examples.
+"""The replica axis (docs/algorithm.md section 8): different vendors, the same examples.
 
 Rank r draws its vendors from stream r of the shared (seed, step)
 (`draw_vendors(..., stream=r)`; rank 0's are the optimizer's own), so a

@@ -1,4 +1,4 @@
-"""The beautiful-MNIST CNN of ALGORITHM.md section 9, split into 1 to 3 specs."""
+"""The beautiful-MNIST CNN of docs/algorithm.md section 9, split into 1 to 3 specs."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _block(c_in: int, c_out: int, kernel: int, norm: Callable[[int], nn.Module],
 def beautiful_mnist(depth: int = 3, classes: int = 10,
                     norm: str | Callable[[int], nn.Module] = "instance",
                     in_channels: int = 1, size: int = 28) -> list[nn.Module]:
-    """The CNN of ALGORITHM.md section 9 for in_channels x size x size inputs, split into `depth` specs.
+    """The CNN of docs/algorithm.md section 9 for in_channels x size x size inputs, split into `depth` specs.
 
     depth 3: [conv stage 1], [conv stage 2 + flatten], [linear] (the published market);
     depth 2: [conv stage 1], [conv stage 2 + linear]; depth 1: the whole model

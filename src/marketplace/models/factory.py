@@ -19,11 +19,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..errors import MarketplaceError
-
-
-class ModelError(MarketplaceError):
-    """A model named on the command line cannot be found, built or split."""
+from ..errors import ModelError
 
 
 def is_factory_source(source: str) -> bool:

@@ -1,7 +1,7 @@
 """GroupNorm ResNets for small images, split into specs at block boundaries.
 
 BatchNorm is replaced by GroupNorm (a market refuses running statistics,
-ALGORITHM.md section 9). The CIFAR-style stem (one 3x3 conv, no max-pool)
+docs/algorithm.md section 9). The CIFAR-style stem (one 3x3 conv, no max-pool)
 suits 28x28 and 32x32 inputs. Architectures, by their count of weighted
 layers: resnet8 (3 stages x 1 basic block, 16-32-64 channels, ~78k
 parameters: the CPU size), resnet20 (3 x 3 blocks, ~270k), resnet18 (4 x 2

@@ -1,7 +1,7 @@
-"""V2 with an adaptive learning rate found by a second forward pass (ALGORITHM.md section 6).
+"""V2 with an adaptive learning rate found by a second forward pass (docs/algorithm.md section 6).
 
 The rate kept from step to step is the best candidate of one batch, so it
-random-walks; rate_bounds and rate_smoothing stabilise it (issue 11, item 3).
+random-walks; rate_bounds and rate_smoothing stabilise it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from ..errors import MarketplaceError
 from ..functional import best_path, check_losses
 from ..rng import derive_seeds, uniform_pm1
-from .v2 import V2, reconciled_directions
+from .checks import check_fraction, renamed
+from .v2 import V2
 
 RATE_STREAM = 4
 
@@ -56,9 +57,7 @@ def check_rate_bounds(bounds) -> tuple[float, float] | None:
 
 
 def check_rate_smoothing(beta) -> float:
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 <= beta < 1:
-        raise ValueError(f"Invalid rate_smoothing: {beta!r} (must be in [0, 1))")
-    return float(beta)
+    return check_fraction("rate_smoothing", beta)
 
 
 def bounded_steps(steps: torch.Tensor, lr0: float, bounds: tuple[float, float] | None) -> torch.Tensor:
@@ -81,9 +80,10 @@ def smoothed_rate(kept: float, chosen: float, beta: float) -> float:
 class AdaptiveV2(V2):
     """V2 whose per-spec rates are tuned every step by a market over step lengths.
 
-    meta_lr: the half-width of the relative rate changes tried; it decays by
-    (1 - decay) per step instead of the learning rate. `step` needs the
-    closure that re-evaluates the market on the same batch.
+    meta_lr: the half-width of the relative rate changes tried; it shrinks
+    by (1 - meta_lr_decay) per step (what the old argument `decay` meant
+    here); lr_decay (default 0) decays the kept rate as in V2. `step` needs
+    the closure that re-evaluates the market on the same batch.
 
     The rate otherwise random-walks on one batch's noise. rate_bounds=(lo, hi)
     keeps each spec's rate within [lo, hi] times its initial rate (the
@@ -93,12 +93,16 @@ class AdaptiveV2(V2):
     The defaults (None, 0) are the unstabilised rate.
     """
 
-    algorithm = "adaptive-v2"
+    algorithm = "adaptive"
+    legacy_decay = "meta_lr_decay"
 
     def __init__(self, market, lr=0.1, meta_lr: float = 0.1, rate_bounds: tuple[float, float] | None = None,
-                 rate_smoothing: float = 0.0, **kwargs):
+                 rate_smoothing: float = 0.0, *, meta_lr_decay: float | None = None, decay: float | None = None,
+                 **kwargs):
         if not isinstance(meta_lr, (int, float)) or not 0 < meta_lr < 1:
             raise ValueError(f"Invalid meta_lr: {meta_lr!r} (must be in (0, 1))")
+        name, meta_lr_decay = renamed("meta_lr_decay", meta_lr_decay, "decay", decay, 0.0)
+        self.meta_lr_decay = check_fraction(name, meta_lr_decay)
         self.meta_lr = float(meta_lr)
         self.rate_bounds = check_rate_bounds(rate_bounds)
         self.rate_smoothing = check_rate_smoothing(rate_smoothing)
@@ -108,7 +112,7 @@ class AdaptiveV2(V2):
     def _update(self, losses, paths, closure=None) -> None:
         if closure is None:
             raise MarketplaceError("AdaptiveV2.step needs a closure that re-evaluates the market")
-        directions = reconciled_directions(self, losses, paths, self.per_spec)
+        directions = self.directions(losses, paths)
         counts = self.market.vendor_counts
         scales = rate_scales(self.seed, self.steps, counts, self.meta_lr)
         steps = [bounded_steps(self.lr[k] * (1 + scales[k]), self.lr0[k], self.rate_bounds)
@@ -122,17 +126,19 @@ class AdaptiveV2(V2):
             self.market.add_(k, chosen * directions[k])
             self.lr[k] = smoothed_rate(self.lr[k], chosen, self.rate_smoothing)
 
-    def _decay(self) -> None:
-        self.meta_lr *= 1.0 - self.decay
+    def _after_step(self) -> None:
+        super()._after_step()
+        self.meta_lr *= 1.0 - self.meta_lr_decay
 
     def _hyper(self):
         bounds = list(self.rate_bounds) if self.rate_bounds else None
-        return {**super()._hyper(), "meta_lr": self.meta_lr, "rate_bounds": bounds,
-                "rate_smoothing": self.rate_smoothing, "lr0": list(self.lr0)}
+        return {**super()._hyper(), "meta_lr": self.meta_lr, "meta_lr_decay": self.meta_lr_decay,
+                "rate_bounds": bounds, "rate_smoothing": self.rate_smoothing, "lr0": list(self.lr0)}
 
-    def _load_hyper(self, state):
-        super()._load_hyper(state)
+    def _load_state(self, state):
+        super()._load_state(state)
         self.meta_lr = float(state["meta_lr"])
+        self.meta_lr_decay = float(self._saved(state, "meta_lr_decay", 0.0))
         # a state saved before the stabilised rate existed: keep the constructor's settings
         self.rate_bounds = check_rate_bounds(state.get("rate_bounds", self.rate_bounds))
         self.rate_smoothing = check_rate_smoothing(state.get("rate_smoothing", self.rate_smoothing))

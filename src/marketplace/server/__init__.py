@@ -1,18 +1,11 @@
-"""A model server that learns from its own traffic (ALGORITHM.md section 7, over HTTP).
+"""Moved to `marketplace.serving`; this name and its submodules (`marketplace.server.engine`, ...) still import."""
 
-`marketplace serve CHECKPOINT` runs `create_app(engine_from_checkpoint(...))`
-under uvicorn. Each predict request goes along one random path (micro-
-batched into one `continual.serve` forward); labels (`/v1/feedback`) or
-client-computed losses (`/v1/report`, privacy mode) become records in a
-SQLite store before they are acknowledged, and every K of them a V2 update
-of the `ContinualLearner`. See docs/server.md.
-"""
+import importlib
+import sys
 
-from .app import create_app
-from .config import ServerConfig
-from .engine import Engine, Predictions, RequestError
-from .load import engine_from_checkpoint, engine_from_market, specs_of
-from .store import Store
+from ..serving import *  # noqa: F401,F403
+from ..serving import __all__  # noqa: F401
 
-__all__ = ["Engine", "Predictions", "RequestError", "ServerConfig", "Store", "create_app", "engine_from_checkpoint",
-           "engine_from_market", "specs_of"]
+for _name in ("answer", "app", "auth", "batcher", "config", "engine", "load", "metrics", "process", "schemas",
+              "store"):
+    sys.modules[f"{__name__}.{_name}"] = globals()[_name] = importlib.import_module(f"..serving.{_name}", __name__)

@@ -11,12 +11,12 @@ from typing import Any, Sequence
 import torch
 
 from .. import data
-from ..errors import MarketplaceError
+from ..errors import CheckpointError, MarketplaceError
 from ..market import Market
 from ..models import build_model, canonical_source, is_factory_source
 from ..norms import norm_layer
-from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizer, TorchMarketOptimizer
-from .checkpoint import Checkpoint, CheckpointError
+from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizerProtocol, TorchMarketOptimizer
+from .checkpoint import Checkpoint
 from .cheap_vendors import market_vendors
 from .config import DEFAULT_LR, TrainConfig
 from .schedules import Schedule, build_scheduler, build_torch_optimizer
@@ -101,7 +101,7 @@ def build_torch_v2(config: TrainConfig, market: Market, lr: float) -> TorchMarke
                                 config.on_nonfinite)
 
 
-def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizer | TorchMarketOptimizer:
+def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizerProtocol:
     """V1, V2 or AdaptiveV2; v2 with torch options goes through torch.optim (plain V2 is the same as sgd + constant)."""
     lr = config.lr if config.lr is not None else DEFAULT_LR[config.algorithm]
     if config.algorithm == "v2" and config.torch_options_used():

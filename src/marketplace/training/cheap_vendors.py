@@ -12,14 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-
-def step_flops(costs: Sequence[float], vendors: Sequence[int]) -> float:
-    """C = sum_k P_k S_k per example, full sampling (ALGORITHM.md section 3)."""
-    total, products = 0.0, 1
-    for s, m in zip(costs, vendors):
-        products *= m
-        total += products * s
-    return total
+from ..cost import spec_flops, step_flops
 
 
 def cheap_vendors(costs: Sequence[float], vendors: Sequence[int], slack: float,
@@ -51,16 +44,14 @@ def cheap_vendors(costs: Sequence[float], vendors: Sequence[int], slack: float,
 
 
 def market_vendors(config, specs: Sequence, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """The vendor counts a TrainConfig's market gets: --vendors, raised by --cheap-vendors where it is cheap.
+    """The vendor counts a TrainConfig's market gets: `vendors`, raised by `cheap_vendors` where a spec is cheap.
 
     specs: the model's spec modules, costed on one example of `input_shape`
-    (convolutions and linear layers, `experiments.cost.spec_flops`).
+    (convolutions and linear layers, `marketplace.cost.spec_flops`).
     """
     if not config.cheap_vendors or config.sampling:
         return tuple(config.vendors)
     import torch
-
-    from ..experiments.cost import spec_flops
 
     costs, shape = [], tuple(input_shape)
     with torch.random.fork_rng(devices=[]):  # a random layer in a spec must not move the caller's RNG

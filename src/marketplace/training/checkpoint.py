@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import MarketplaceError
+from ..errors import CheckpointError
+from ..io import atomic_path
 
 FORMAT = "marketplace-checkpoint/1"
-
-
-class CheckpointError(MarketplaceError):
-    """A checkpoint is missing, corrupt, or does not fit the market."""
 
 
 @dataclass
@@ -36,8 +32,6 @@ class Checkpoint:
 def save_checkpoint(path: str | os.PathLike, model: dict[str, torch.Tensor], optimizer: dict[str, Any],
                     meta: dict[str, Any]) -> None:
     """Write atomically: tensors of model and optimizer state, the rest as JSON metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.items()}
     plain = {}
     for key, value in optimizer.items():
@@ -50,19 +44,8 @@ def save_checkpoint(path: str | os.PathLike, model: dict[str, torch.Tensor], opt
         else:
             plain[key] = value
     metadata = {"format": FORMAT, "optimizer": json.dumps(plain), "meta": json.dumps(meta)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

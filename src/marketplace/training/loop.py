@@ -19,13 +19,13 @@ from typing import Any, Sequence, Union
 import torch
 
 from ..distributed import AxisStep, Collectives, DataAxis, ReplicaAxis, check_same_weights, shard_bounds
-from ..errors import MarketplaceError
+from ..errors import CheckpointError, MarketplaceError
 from ..functional import path_losses
 from ..machine import resolve_device
 from ..rng import derive_seeds
 from ..vendors import BATCH_STREAM, Vendors
 from .build import build_market, build_optimizer, data_shape, load_training_data, model_record
-from .checkpoint import CheckpointError, check_resume, load_checkpoint, save_checkpoint
+from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hooks import Hook, StepRate
 

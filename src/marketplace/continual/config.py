@@ -1,0 +1,78 @@
+"""The settings of one continual-learning run, checked once, and which of them a resume must keep."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import MarketplaceError
+
+# Settings that shape what is learned: a run resumes only with the same values.
+LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "probe_scale", "unit",
+                   "records", "outliers", "augment", "balanced", "baseline", "seed")
+
+
+@dataclass
+class ContinualConfig:
+    """One run: the experiment, the serving market and learner, validation, and where state goes.
+
+    Validation uses the base weights on a fixed subsample: the first
+    `eval_samples` old-class validation images and every new-class one,
+    every `eval_every` steps (the whole sets at the start and the end).
+    `save` is the run's checkpoint, written every `checkpoint_every` steps
+    and at the end; with `resume` a run continues from it.
+    """
+
+    experiment: str = "dress"
+    checkpoint: str = "runs/digits.safetensors"  # the base the run starts from
+    steps: int = 1000
+    old_per_step: int = 240
+    new_per_step: int = 16
+    few_shot: bool = False  # the published sampling: the first 240 old and first 16 new images only
+    vendors: tuple[int, ...] = (4, 4, 4)  # the serving market (the checkpoint's spec split must match)
+    lr: float = 1e-2
+    probe_scale: float = 1.0
+    unit: str = "model"  # whole-model unit vector, as published
+    records: int | None = None  # K; None: one update per step (old + new per step)
+    outliers: float | None = None  # drop losses beyond this many standard deviations
+    augment: bool = False  # shift the old images by up to 2 px
+    balanced: bool = False
+    baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
+    eval_every: int = 500
+    eval_samples: int = 2000  # old-class validation images at each validation (the summary uses all of them)
+    log_every: int = 50  # learning accuracy is logged as the mean over this many steps
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    log: str | None = None
+    save: str | None = None
+    checkpoint_every: int = 1000
+    resume: bool = False
+
+    def validate(self) -> None:
+        """One-line errors naming the argument, before any data is loaded."""
+        from .experiment import EXPERIMENTS
+
+        if self.experiment not in EXPERIMENTS:
+            raise MarketplaceError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        if self.steps < 1 or self.old_per_step < 0 or self.new_per_step < 0 or self.old_per_step + self.new_per_step < 2:
+            raise MarketplaceError("need steps >= 1 and at least 2 images per step")
+        if self.unit not in ("spec", "model"):
+            raise MarketplaceError(f"unit must be 'spec' or 'model', got {self.unit!r}")
+        for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise MarketplaceError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume and not self.save:
+            raise MarketplaceError("resume needs save, the run's checkpoint to continue from")
+
+    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
+        """The learning settings in which this config differs from a saved one, in words."""
+        mine = asdict(self)
+        out = []
+        for name in LEARNING_FIELDS:
+            old, new = saved.get(name), mine[name]
+            if isinstance(new, tuple):
+                new = list(new)
+            if old != new:
+                out.append(f"{name}={old!r} (now {new!r})")
+        return out
