@@ -2,14 +2,15 @@
 
     uv run marketplace train --model examples/custom_model.py:build --vendors 4,4,4,4 --steps 300
     uv run marketplace train --model examples.custom_model:build --dataset fashion-mnist --vendors 4,4,4,4 --steps 300
-    uv run marketplace train --model examples/custom_model.py:build_sequential --split 3,6,8 --vendors 4,4,4,4 --steps 300
+    uv run marketplace train --model examples/custom_model.py:build_sequential --split 3,6,8 --vendors 4,4,1,4 --steps 300
 
 `build` receives `input_shape` (one example, e.g. (1, 28, 28)) and `classes`
 because it declares them; a factory without arguments is called without any.
 Any module whose forward depends only on its parameters and its input is a
 spec: GroupNorm, LayerNorm, Dropout (each vendor draws its own mask), a
 residual block. BatchNorm is refused (its running statistics would mix the
-vendors); a spec without parameters gets one vendor.
+vendors); a spec without parameters takes one vendor (the 1 in 4,4,1,4: the
+pooling between cuts 6 and 8 of `build_sequential`).
 """
 
 from torch import nn

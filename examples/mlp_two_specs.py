@@ -25,12 +25,16 @@ def main(steps: int = 300, target: float = 80.0, data_dir: str | None = None) ->
     specs = [nn.Sequential(nn.Linear(784, 64), nn.ReLU()), nn.Linear(64, 10)]
     market = Market(specs, vendors=[8, 8])  # 64 paths per step, evaluated in one batched pass
     optimizer = V2(market, lr=0.5, probe_scale=0.1, decay=1e-4, seed=0)
+    print(f"market {'x'.join(map(str, market.vendor_counts))}: {market.num_paths} paths, {steps} steps", flush=True)
 
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
         idx = torch.randint(0, len(x_train), (256,), generator=g)
         out = market.evaluate(x_train[idx], optimizer.vendors)  # products [64, 256, 10], paths [64, 2]
-        optimizer.step(path_losses(out.products, y_train[idx]), out.paths)
+        losses = path_losses(out.products, y_train[idx])
+        optimizer.step(losses, out.paths)
+        if (step + 1) % max(1, steps // 10) == 0:  # a line now and then: a minute is long in silence
+            print(f"step {step + 1}/{steps}  mean path loss {float(losses.mean()):.3f}", flush=True)
 
     with torch.no_grad():
         accuracy = 100.0 * float((market(x_test).argmax(1) == y_test).float().mean())

@@ -16,10 +16,9 @@ from typing import Callable, List, Optional
 
 import typer
 
-from marketplace.cli.parse import floats
+from marketplace.cli.parse import floats, fresh_dir
 from marketplace.errors import MarketplaceError
 
-DEFAULT_OUT = "runs/experiments"  # never the committed results/: pass --out results to update those
 
 
 def experiment(
@@ -27,7 +26,8 @@ def experiment(
     steps: Optional[int] = typer.Option(None, help="steps per run (default: the published count)"),
     scale: float = typer.Option(1.0, help="1 = published size; < 1 shrinks batch (min 8) and vendor counts (min 2)"),
     batch: Optional[int] = typer.Option(None, help="examples per step (default: 512 x scale, at least 8)"),
-    out: str = typer.Option(DEFAULT_OUT, help="writes OUT/NAME/{RUN.jsonl, NAME.png, NAME.md}"),
+    out: str = typer.Option(default_factory=lambda: fresh_dir("experiment"), show_default="runs/experiment-<time>",
+                            help="writes OUT/NAME/{RUN.jsonl, NAME.png, NAME.md} (results/ holds the committed ones)"),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns)"),
     mlflow: bool = typer.Option(True, help="track every run in MLflow (needs the mlflow extra)"),
     algorithm: Optional[str] = typer.Option(None, help="depth/norm/sweep/target: the market algorithm"),

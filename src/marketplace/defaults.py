@@ -3,8 +3,10 @@
 DEFAULT_LR: from 400-step sweeps on MNIST at 4x4x4, batch 128 (docs/results.md, "Choosing
 the rates"); the published 16-vendor setting is lr 0.1, probe scale 0.1.
 CLI_CHEAP_VENDORS: `marketplace train --cheap-vendors`, the FLOP slack that buys
-the cheap specs more vendors (docs/results.md, the protocol); the library
-(`TrainConfig.cheap_vendors = 0`, `Market`) keeps the counts it is given.
+the cheap specs more vendors (docs/results.md, the protocol), within a bound on
+memory (`training.cheap_vendors.MEMORY_FACTOR`); the run's first line names the
+market it makes. The library (`TrainConfig.cheap_vendors = 0`, `Market`) keeps
+the counts it is given.
 """
 
 DEFAULT_LR = {"v1": 0.003, "v2": 0.15, "adaptive": 0.15}

@@ -35,3 +35,12 @@ def test_align_refuses_bad_options_in_one_line(monkeypatch, capsys, small_data, 
                        (["--checkpoint", tmp_path / "none.safetensors"], "no checkpoint")):
         code, out, err = run_cli(monkeypatch, capsys, "align", *TINY, *args, "--data-dir", small_data)
         assert_user_error(code, out, err, hint)
+
+
+def test_align_says_how_far_it_is_on_stderr(monkeypatch, capsys, small_data):
+    """About 30 s at the defaults: off a terminal, a plain line per batch (rich would print nothing)."""
+    code, out, err = run_cli(monkeypatch, capsys, "align", "--vendors", "2,2,2", *TINY, "--estimator", "zscore",
+                             "--data-dir", small_data)
+    assert code == 0, err
+    assert "align: batch 1/2" in err and "align: batch 2/2" in err
+    assert "align: batch" not in out

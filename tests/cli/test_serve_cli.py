@@ -29,3 +29,18 @@ def test_a_store_that_is_a_file_is_refused(monkeypatch, capsys, tmp_path, checkp
     (tmp_path / "file").write_text("x")
     assert_user_error(*run_cli(monkeypatch, capsys, "serve", checkpoint, "--token", "t", "--store",
                                tmp_path / "file"), "directory")
+
+
+def test_the_default_store_is_one_per_checkpoint(monkeypatch, capsys, tmp_path):
+    """One shared default store refused the second checkpoint served ("made for other starting weights")."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # build the engine, listen nowhere
+    monkeypatch.chdir(tmp_path)
+    first, second = tiny_checkpoint(tmp_path / "a.safetensors"), tiny_checkpoint(tmp_path / "b.safetensors", seed=1)
+    for ckpt, extra in ((first, ()), (second, ()), (second, ("--baseline",)), (first, ())):  # the last resumes
+        code, out, err = run_cli(monkeypatch, capsys, "serve", ckpt, "--token", "t", *extra)
+        assert code == 0, err
+        assert "runs/server/" in err.splitlines()[0]
+    stores = sorted(p.name for p in (tmp_path / "runs" / "server").iterdir())
+    assert len(stores) == 3 and stores[0].startswith("a-") and stores[-1].endswith("-baseline")

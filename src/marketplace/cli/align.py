@@ -10,6 +10,7 @@ import typer
 from ..errors import MarketplaceError
 from . import app
 from .parse import ints
+from .progress import progress
 
 
 @app.command()
@@ -52,7 +53,8 @@ def align(
     dev = resolve_device(device)
     weights = market_from_checkpoint(load_checkpoint(checkpoint), checkpoint, dev) if checkpoint else None
     x, y = data.load_data(dataset, "train", data_dir, dev)
-    row = measure(cell, weights, x, y, batches, seed, names)
+    with progress("align: batch", batches) as tick:  # ~30 s at the defaults: say how far it is, on stderr
+        row = measure(cell, weights, x, y, batches, seed, names, progress=tick)
     row["state"] = checkpoint or "init"
     if json_out:
         print(json.dumps(row), flush=True)

@@ -1,8 +1,15 @@
-"""Option values the commands share: comma-separated numbers, each mistake a one-line error."""
+"""Option values the commands share: comma-separated numbers (each mistake a one-line error), fresh places."""
 
 from __future__ import annotations
 
+import time
+
 from ..errors import MarketplaceError
+
+
+def fresh_dir(command: str) -> str:
+    """runs/COMMAND-YYYYmmdd-HHMMSS: a new place for one run's files, never the repository's committed results."""
+    return time.strftime(f"runs/{command}-%Y%m%d-%H%M%S")
 
 
 def ints(text: str, name: str) -> tuple[int, ...]:

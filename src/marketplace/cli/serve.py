@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -24,7 +26,9 @@ def serve(
     classes: Optional[int] = typer.Option(None, help="widen the head to this many classes (a new class)"),
     vendors: Optional[str] = typer.Option(None, help="vendors per spec of the served market (default: the "
                                                      "checkpoint's), e.g. 4,4,4"),
-    store: str = typer.Option("runs/server", help="directory of the SQLite store and the learner checkpoint"),
+    store: Optional[str] = typer.Option(None, help="directory of the SQLite store and the learner checkpoint "
+                                        "(default: runs/server/<checkpoint>-<its hash>, one per checkpoint and "
+                                        "--baseline setting, resumed when the same checkpoint is served again)"),
     checkpoint_every: int = typer.Option(10, help="updates between learner checkpoints (also on SIGTERM)"),
     keep_served: int = typer.Option(1_000_000, help="served requests kept for their labels (those of superseded "
                                     "steps are forgotten anyway); a label for an older one counts stale"),
@@ -53,6 +57,7 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     secret, made_up = resolve_token(token)
+    store = store or default_store(checkpoint, baseline, classes)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
                           vendors=ints(vendors, "--vendors") if vendors else None,
                           learning=learning, baseline=baseline, balanced=balanced, store=store,
@@ -70,3 +75,16 @@ def serve(
               file=sys.stderr, flush=True)
     uvicorn.run(create_app(engine), host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=10)
+
+
+def default_store(checkpoint: str, baseline: bool = False, classes: int | None = None) -> str:
+    """runs/server/NAME-HASH[-Nclasses][-baseline]: a store of its own for each starting point.
+
+    A store remembers the weights (and head width, and baseline setting) it
+    was made for and refuses others, so one shared default would refuse the
+    second checkpoint anyone serves.
+    """
+    path = Path(checkpoint)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"
+    return (f"runs/server/{path.stem}-{digest}" + (f"-{classes}classes" if classes else "")
+            + ("-baseline" if baseline else ""))

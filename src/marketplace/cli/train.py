@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Optional
 
 import typer
@@ -27,7 +28,7 @@ def train(
     meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
     rate_bounds: Optional[str] = typer.Option(None, help="adaptive: LO,HI keeps the rate within [LO, HI] x --lr (e.g. 0.5,2)"),
     rate_smoothing: float = typer.Option(0.0, help="adaptive: keep an EMA of the chosen rates with this beta (0 = the chosen rate)"),
-    cheap_vendors: float = typer.Option(CLI_CHEAP_VENDORS, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much (0.1 = 10%: 4,4,4 trains 4x4x64; 0 = exactly --vendors)"),
+    cheap_vendors: float = typer.Option(CLI_CHEAP_VENDORS, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much and its largest activation at most 8x (0.1 = 10%: 4,4,4 trains 4x4x64; 0 = exactly --vendors); the first line names the market trained"),
     optimizer: str = typer.Option("sgd", help="v2: the torch.optim optimizer on the estimate: sgd (= V2), momentum, adam or adamw"),
     momentum: float = typer.Option(0.9, help="momentum: the momentum factor"),
     nesterov: bool = typer.Option(False, help="momentum: Nesterov's variant"),
@@ -55,7 +56,7 @@ def train(
     log: Optional[str] = typer.Option(None, help="append a JSON line per logged step to this file"),
     data_dir: Optional[str] = typer.Option(None, help="directory with the IDX files (else $MARKETPLACE_DATA_DIR, the cache, a download)"),
     json_out: bool = typer.Option(False, "--json", help="print one final JSON line with the results"),
-    quiet: bool = typer.Option(False, help="no progress bar"),
+    quiet: bool = typer.Option(False, help="no progress: only the first line (the market) and the result"),
     # -- your model, your data --
     model: str = typer.Option("beautiful-mnist", help="a preset (beautiful-mnist, mlp, resnet, resnet8, resnet20, "
                               "resnet18) or your factory: pkg.module:build or path/file.py:build"),
@@ -63,8 +64,12 @@ def train(
     data_file: Optional[str] = typer.Option(None, "--data", help=".npz or .pt file with x_train, y_train, x_test, "
                                             "y_test (replaces --dataset)"),
 ):
-    """Train a model as a market (the beautiful-MNIST CNN by default) and report test accuracy."""
+    """Train a model as a market (the beautiful-MNIST CNN by default) and report test accuracy.
+
+    The first line names the market trained, and why if it is not --vendors.
+    """
     from ..training import JsonLog, ProgressBar, TrainConfig, train as run
+    from ..training.hooks import RunLines
 
     if unit not in ("spec", "model"):
         raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
@@ -84,7 +89,9 @@ def train(
         weight_decay=weight_decay, schedule=schedule, schedule_steps=schedule_steps, warmup=warmup, min_lr=min_lr,
         probe_width=probe_width, attribution=attribution, direction=direction, antithetic=antithetic, clip=clip,
     )
-    hooks = [] if quiet else [ProgressBar()]
+    # With --json, stdout holds only the JSON line: the human lines go to stderr. The bar prints the result itself.
+    hooks = [RunLines(sys.stderr if json_out else None, last=quiet and not json_out)]
+    hooks += [] if quiet else [ProgressBar()]
     if log:
         hooks.append(JsonLog(log))
     import torch
@@ -94,6 +101,7 @@ def train(
 
         reuse_freed_memory()  # a CPU step's products then reuse freed pages instead of faulting in new ones
     summary = run(config, hooks)
+    summary["vendors_asked"] = list(config.vendors)  # summary["vendors"]: the market trained
     if json_out:
         print(json.dumps(summary), flush=True)
 

@@ -125,8 +125,15 @@ def _ema(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothing: float = 0.9) -> Path:
-    """Plot a run's learning and validation curves, like the article's figures, to a PNG."""
+def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothing: float = 0.9,
+             reference: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    """Plot a run's learning and validation curves, like the article's figures, to a PNG.
+
+    reference: published points to draw beside the curves, {metric key:
+    [(step, value), ...]} (e.g. an experiment module's `ARTICLE`); points past
+    the run's last step are drawn at their own step, so the axis shows how far
+    the run is from them. None: the experiment's own `ARTICLE` when the log names one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,6 +143,10 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
     if not steps:
         raise MarketplaceError(f"{log} has no step records to plot")
     config = (start or {}).get("config", {})
+    if reference is None:
+        from .experiment import EXPERIMENTS
+
+        reference = getattr(EXPERIMENTS.get(config.get("experiment")), "ARTICLE", {})
     old = end.get("old", "old classes") if end else "old classes"
     new = end.get("new", "new class") if end else "new class"
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
@@ -156,7 +167,14 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
         if val:
             xs, ys = zip(*val)
             ax.plot(xs, ys, color="tab:red", marker="o", markersize=3, label="validation (base weights)")
-        ys_all = [v for _, v in learn + val]
+        published = reference.get(learn_key, []) + reference.get(val_key, [])
+        for key, color in ((learn_key, "tab:blue"), (val_key, "tab:red")):
+            points = reference.get(key, [])
+            if points:
+                xs, ys = zip(*points)
+                ax.scatter(xs, ys, marker="*", s=120, color=color, edgecolor="black", zorder=5,
+                           label=f"article, {'learning' if key == learn_key else 'validation'}")
+        ys_all = [v for _, v in learn + val + published]
         if kind == "accuracy" and ys_all:  # at least 5 points tall, so a flat 0% curve is not blown up
             low, high = max(0.0, min(ys_all) - 2), min(100.0, max(ys_all) + 2)
             if high - low < 5:

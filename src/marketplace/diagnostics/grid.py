@@ -100,17 +100,26 @@ def build(cell: Cell, weights: torch.nn.Module | None, seed: int, device: torch.
 
 
 def measure(cell: Cell, weights, x: torch.Tensor, y: torch.Tensor, batches: int, seed: int,
-            estimators: Sequence[str] = tuple(ESTIMATORS)) -> dict:
-    """Every estimator on one cell: mean and standard error over `batches` batches of the training set."""
+            estimators: Sequence[str] = tuple(ESTIMATORS), progress: Callable[[], None] = lambda: None) -> dict:
+    """Every estimator on one cell: mean and standard error over `batches` batches of the training set.
+
+    progress() is called as each batch begins (a long measurement says how far it is).
+    """
     market, optimizer = build(cell, weights, seed, x.device)
     picks = [batch_indices(seed, i, len(x), cell.batch).to(x.device) for i in range(batches)]
     start = time.perf_counter()
-    summaries = compare_alignment(market, optimizer, ((x[i], y[i]) for i in picks),
+    summaries = compare_alignment(market, optimizer, _announced(((x[i], y[i]) for i in picks), progress),
                                   {name: ESTIMATORS[name] for name in estimators})
     cost = beautiful_mnist_cost(cell.vendors, list(cell.sampling) or 0, cell.batch)
     return {**asdict(cell), "name": cell.name, "paths": market.num_paths, "step_gflop": cost.flops / 1e9,
             "seconds": round(time.perf_counter() - start, 2),
             "estimators": {name: s.as_dict() for name, s in summaries.items()}}
+
+
+def _announced(items, progress: Callable[[], None]):
+    for item in items:
+        progress()
+        yield item
 
 
 def run_grid(cells: Sequence[Cell], states: dict[str, torch.nn.Module | None], batches: int, seed: int,

@@ -1,4 +1,4 @@
-"""Training events and their subscribers: a rich progress bar and a JSON-lines log."""
+"""Training events and their subscribers: the run's first and last lines, a progress bar, a JSON-lines log."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .cheap_vendors import describe_market
 from .config import TrainConfig
 
 
@@ -39,16 +42,73 @@ class StepRate:
         return metrics
 
 
-class ProgressBar(Hook):
-    """A progress bar over steps (or over seconds with only --max-seconds) with the latest metrics."""
+def market_line(config: TrainConfig, market, start_step: int = 0) -> str:
+    """`market 4x4x64 (asked 4,4,4; ...): 1,024 paths, v2 on mnist, cpu`: what this run trains, said first."""
+    counts = getattr(market, "vendor_counts", None)
+    if counts is None:  # a backprop baseline: no vendors
+        return f"{config.algorithm} on {config.data or config.dataset}"
+    paths = getattr(market, "num_paths", None)
+    where = getattr(market, "device", None)
+    text = f"market {describe_market(config.vendors, counts, config.cheap_vendors)}: "
+    text += f"{paths:,} paths, " if isinstance(paths, int) else ""
+    text += f"{config.algorithm} on {config.data or config.dataset}" + (f", {where}" if where is not None else "")
+    return text + (f", resumed at step {start_step}" if start_step else "")
 
-    def __init__(self, console: Console | None = None):
+
+def final_line(summary: dict[str, Any]) -> str:
+    """`test accuracy 97.10% after 1000 steps in 60.2 s on cpu`: the run's result in one line."""
+    return (f"test accuracy {summary['test_accuracy']:.2f}% after {summary['steps']} steps "
+            f"in {summary['seconds']:.1f} s on {summary['device']}")
+
+
+class RunLines(Hook):
+    """Prints the market trained when the run starts (the first line) and, with `last`, the result at its end."""
+
+    def __init__(self, file: TextIO | None = None, last: bool = True):
+        self.file, self.last = file, last
+
+    def on_start(self, config: TrainConfig, market, start_step: int) -> None:
+        print(market_line(config, market, start_step), file=self.file or sys.stdout, flush=True)
+
+    def on_end(self, summary: dict[str, Any]) -> None:
+        if self.last:
+            print(final_line(summary), file=self.file or sys.stdout, flush=True)
+
+
+def metrics_text(m: dict[str, Any]) -> str:
+    """The latest loss, accuracies and speed, as the progress display shows them."""
+    parts = []
+    if "loss" in m:
+        parts.append(f"loss {m['loss']:.3f}")
+    if "train_accuracy" in m:
+        parts.append(f"train {m['train_accuracy']:.1f}%")
+    if "test_accuracy" in m:
+        parts.append(f"test {m['test_accuracy']:.2f}%")
+    if "steps_per_second" in m:
+        parts.append(f"{m['steps_per_second']:.2f} steps/s")
+    return "  ".join(parts)
+
+
+class ProgressBar(Hook):
+    """Progress over steps (or seconds with only --max-seconds) with the latest metrics.
+
+    A rich bar on a terminal; elsewhere (a pipe, a log file, a notebook's
+    captured output) rich would print nothing until the end, so a plain line
+    every `every` seconds and at each test evaluation instead.
+    """
+
+    def __init__(self, console: Console | None = None, every: float = 30.0):
         self.console = console or Console(stderr=True)
+        self.every = every
         self.latest: dict[str, Any] = {}
 
     def on_start(self, config: TrainConfig, market, start_step: int) -> None:
         self.by_steps = config.steps is not None
         total = config.steps if self.by_steps else config.max_seconds
+        self.plain = not self.console.is_terminal
+        if self.plain:
+            self.total, self.printed = total, None  # the first step prints: the run has begun
+            return
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[counter]}"),
             TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=self.console, transient=False,
@@ -61,25 +121,22 @@ class ProgressBar(Hook):
     def on_step(self, metrics: dict[str, Any]) -> None:
         self.latest.update(metrics)
         m = self.latest
-        parts = []
-        if "loss" in m:
-            parts.append(f"loss {m['loss']:.3f}")
-        if "train_accuracy" in m:
-            parts.append(f"train {m['train_accuracy']:.1f}%")
-        if "test_accuracy" in m:
-            parts.append(f"test {m['test_accuracy']:.2f}%")
-        if "steps_per_second" in m:
-            parts.append(f"{m['steps_per_second']:.2f} steps/s")
+        if self.plain:
+            now = time.monotonic()
+            if "test_accuracy" in metrics or self.printed is None or now - self.printed >= self.every:
+                self.printed = now
+                of = f"/{self.total}" if self.by_steps else ""
+                self.console.print(f"step {m['step']}{of}  {m['seconds']:.0f} s  {metrics_text(m)}",
+                                   highlight=False, soft_wrap=True)
+            return
         done = m["step"] if self.by_steps else min(m["seconds"], self.progress.tasks[0].total)
-        self.progress.update(self.task, completed=done, counter=f"step {m['step']}", metrics="  ".join(parts))
+        self.progress.update(self.task, completed=done, counter=f"step {m['step']}", metrics=metrics_text(m))
 
     def on_end(self, summary: dict[str, Any]) -> None:
-        self.progress.update(self.task, completed=self.progress.tasks[0].total)
-        self.progress.stop()
-        self.console.print(
-            f"test accuracy {summary['test_accuracy']:.2f}% after {summary['steps']} steps "
-            f"in {summary['seconds']:.1f} s on {summary['device']}"
-        )
+        if not self.plain:
+            self.progress.update(self.task, completed=self.progress.tasks[0].total)
+            self.progress.stop()
+        self.console.print(final_line(summary), highlight=False, soft_wrap=True)
 
 
 class JsonLog(Hook):
@@ -96,7 +153,10 @@ class JsonLog(Hook):
         self.file.flush()
 
     def on_start(self, config, market, start_step) -> None:
-        self._write({"event": "start", "step": start_step, "config": dataclasses.asdict(config)})
+        record = {"event": "start", "step": start_step, "config": dataclasses.asdict(config)}
+        if hasattr(market, "vendor_counts"):  # the market trained, beside the counts asked in the config
+            record["vendors"] = list(market.vendor_counts)
+        self._write(record)
 
     def on_step(self, metrics: dict[str, Any]) -> None:
         if len(metrics) > 2:  # more than step and seconds
