@@ -115,7 +115,7 @@ def test_a_user_model_on_a_user_file_trains_on_two_ranks_as_on_one(monkeypatch, 
     # The counts reported are the market trained (--cheap-vendors raised the head's), on both.
     rebuilt = market_from_checkpoint(dist, str(dist_ckpt), torch.device("cpu"))
     assert summary["vendors"] == single["vendors"] == list(rebuilt.vendor_counts)
-    assert summary["vendors"] != [2, 3]
+    assert summary["vendors"] != [2, 3] and summary["vendors_asked"] == single["vendors_asked"] == [2, 3]
 
 
 def test_two_ranks_resume_a_user_run_exactly(user_files, tmp_path):
@@ -232,3 +232,17 @@ def test_a_missing_data_file_on_train_distributed_is_one_line(monkeypatch, capsy
     code, out, err = run_cli(monkeypatch, capsys, "train-distributed", "--data", tmp_path / "none.npz",
                              "--steps", 1, "--device", "cpu", "--quiet")
     assert_user_error(code, out, err, "none.npz")
+
+
+def test_train_distributed_names_the_market_trained_first_as_train_does(monkeypatch, capsys, user_files):
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    npz, factory = user_files
+    lines = {}
+    for command in ("train", "train-distributed"):
+        code, out, err = run_cli(monkeypatch, capsys, command, *user_flags(npz, factory, "--steps", 1))
+        assert code == 0, err
+        lines[command] = err.splitlines()[0]  # with --json, stdout holds only the JSON line
+        assert last_json(out)["vendors_asked"] == [2, 3]
+    assert lines["train-distributed"] == lines["train"]
+    assert lines["train"].startswith("market ") and "asked 2,3" in lines["train"]

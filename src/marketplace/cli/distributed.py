@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import sys
 import typing
 from typing import Any
 
@@ -82,6 +83,7 @@ def train_distributed(**options: Any) -> None:
     """Train a model as a market on every rank of a torchrun job, exchanging only seeds and losses."""
     from ..distributed import DistributedConfig, init_from_env, shutdown
     from ..training import JsonLog, ProgressBar, Trainer
+    from ..training.hooks import RunLines
 
     dist_config = DistributedConfig(**{name: options.pop(name)
                                        for name in inspect.signature(_distributed_options).parameters})
@@ -93,14 +95,16 @@ def train_distributed(**options: Any) -> None:
     comm = init_from_env(dist_config.backend, config.device, dist_config.timeout)
     try:
         hooks = []
-        if comm.rank == 0:
-            hooks = [] if quiet else [ProgressBar()]
+        if comm.rank == 0:  # as `train` reports: the market trained first, stdout kept for the JSON line
+            hooks = [RunLines(sys.stderr if json_out else None, last=quiet and not json_out)]
+            hooks += [] if quiet else [ProgressBar()]
             if log:
                 hooks.append(JsonLog(log))
         trainer = Trainer(config, hooks, axis=dist_config.axis_for(comm), check_every=dist_config.check_every)
         summary = trainer.run()
     finally:
         shutdown()
+    summary["vendors_asked"] = list(config.vendors)  # summary["vendors"]: the market trained
     if json_out and comm.rank == 0:
         print(json.dumps(summary), flush=True)
 
