@@ -34,3 +34,17 @@ def test_a_record_that_does_not_fit_the_weights_is_one_line():
     meta = {"config": {"vendors": [2, 2]}, "model": {"source": "mlp", "input_shape": [6], "classes": 4}}
     with pytest.raises(CheckpointError, match="does not hold the mlp market it names"):
         market_from_checkpoint(Checkpoint(market.state_dict(), {}, meta), "c", torch.device("cpu"))
+
+
+def test_a_market_is_built_for_the_configs_own_data_unless_told_otherwise(tmp_path):
+    """No fixed MNIST shape: a CIFAR-10 config gets 3x32x32 inputs, a user's file its own shape and classes."""
+    import numpy as np
+
+    cifar = build_market(TrainConfig(dataset="cifar10", vendors=(2, 2, 2)), torch.device("cpu"))
+    assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    npz = tmp_path / "x.npz"
+    x, y = np.zeros((6, 1, 12, 12), np.float32), np.array([0, 1, 2, 3, 4, 0])
+    np.savez(npz, x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
+    config = TrainConfig(data=str(npz), model="mlp", vendors=(2, 2))
+    assert build_market(config, torch.device("cpu"))(torch.randn(2, 1, 12, 12)).shape == (2, 5)
+    assert model_record(config, (1, 12, 12), 5)["input_shape"] == [1, 12, 12]

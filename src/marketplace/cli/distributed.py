@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import sys
 import typing
 from typing import Any
 
@@ -20,11 +21,8 @@ import typer
 
 from ..errors import MarketplaceError
 from . import app
-from .parse import ints
+from .parse import floats, ints
 from .train import train as train_command
-
-# Options of `train` that are not TrainConfig fields of the same name.
-_RENAMED = {"vendors", "sampling", "unit", "on_nonfinite", "regenerate_deltas", "log", "json_out", "quiet"}
 
 
 def _distributed_options(
@@ -37,51 +35,76 @@ def _distributed_options(
     """Only its signature is used: the options train-distributed adds to train's."""
 
 
-def _train_config(options: dict[str, Any]):
-    """A TrainConfig from train's options, converted as `marketplace train` converts them."""
+def _unit(value: str) -> bool:
+    if value not in ("spec", "model"):
+        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {value!r}")
+    return value == "spec"
+
+
+def _on_nonfinite(value: str) -> str:
+    if value not in ("stop", "skip"):
+        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {value!r}")
+    return "raise" if value == "stop" else "skip"
+
+
+# The options of `train` whose TrainConfig field has another name or type: option -> (field, convert).
+_CONVERT = {
+    "vendors": ("vendors", lambda v: ints(v, "--vendors")),
+    "sampling": ("sampling", lambda v: ints(v, "--sampling") if v else None),
+    "split": ("split", lambda v: ints(v, "--split") if v else None),
+    "rate_bounds": ("rate_bounds", lambda v: floats(v, "--rate-bounds")),
+    "data_file": ("data", lambda v: v),
+    "unit": ("per_spec", _unit),
+    "on_nonfinite": ("on_nonfinite", _on_nonfinite),
+    "regenerate_deltas": ("cache_deltas", lambda v: not v),
+}
+_COMMAND = {"log", "json_out", "quiet"}  # how the command reports, not what it trains
+
+
+def train_config(options: dict[str, Any]):
+    """The TrainConfig that `marketplace train` builds from the same options."""
     from ..training import TrainConfig
 
-    if options["unit"] not in ("spec", "model"):
-        raise typer.BadParameter(f"--unit must be 'spec' or 'model', got {options['unit']!r}")
-    if options["on_nonfinite"] not in ("stop", "skip"):
-        raise typer.BadParameter(f"--on-nonfinite must be 'stop' or 'skip', got {options['on_nonfinite']!r}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     defaults = {name: getattr(p.default, "default", p.default)
                 for name, p in inspect.signature(train_command).parameters.items()}
-    # An option of `train` that is no TrainConfig field is one this command cannot pass on: refuse it when set.
-    unknown = sorted(k for k in set(options) - fields - _RENAMED if options[k] != defaults.get(k))
+    # An option of `train` this command cannot pass on is refused when set, never silently dropped.
+    unknown = sorted(k for k in set(options) - fields - set(_CONVERT) - _COMMAND if options[k] != defaults.get(k))
     if unknown:
         names = ", ".join("--" + u.replace("_", "-") for u in unknown)
         raise MarketplaceError(f"train-distributed does not support {names} yet")
-    plain = {k: v for k, v in options.items() if k in fields and k not in _RENAMED}
-    return TrainConfig(
-        **plain, vendors=ints(options["vendors"], "--vendors"),
-        sampling=ints(options["sampling"], "--sampling") if options["sampling"] else None,
-        per_spec=options["unit"] == "spec", on_nonfinite="raise" if options["on_nonfinite"] == "stop" else "skip",
-        cache_deltas=not options["regenerate_deltas"],
-    )
+    values = {k: v for k, v in options.items() if k in fields and k not in _CONVERT}
+    for option, (name, convert) in _CONVERT.items():
+        values[name] = convert(options[option])
+    return TrainConfig(**values)
 
 
 def train_distributed(**options: Any) -> None:
-    """Train the beautiful-MNIST CNN on every rank of a torchrun job, exchanging only seeds and losses."""
-    from ..distributed import DistributedConfig, DistributedTrainer, init_from_env, shutdown
-    from ..training import JsonLog, ProgressBar
+    """Train a model as a market on every rank of a torchrun job, exchanging only seeds and losses."""
+    from ..distributed import DistributedConfig, init_from_env, shutdown
+    from ..training import JsonLog, ProgressBar, Trainer
+    from ..training.hooks import RunLines
 
-    extra = {name: options.pop(name) for name in inspect.signature(_distributed_options).parameters}
-    log, json_out, quiet = options["log"], options["json_out"], options["quiet"]
-    config = _train_config(options)
-    dist_config = DistributedConfig(**extra)
+    dist_config = DistributedConfig(**{name: options.pop(name)
+                                       for name in inspect.signature(_distributed_options).parameters})
+    if dist_config.check_every < 1:
+        raise MarketplaceError(f"--check-every must be >= 1, got {dist_config.check_every}")
     dist_config.validate()
+    log, json_out, quiet = options["log"], options["json_out"], options["quiet"]
+    config = train_config(options)
     comm = init_from_env(dist_config.backend, config.device, dist_config.timeout)
     try:
         hooks = []
-        if comm.rank == 0:
-            hooks = [] if quiet else [ProgressBar()]
+        if comm.rank == 0:  # as `train` reports: the market trained first, stdout kept for the JSON line
+            hooks = [RunLines(sys.stderr if json_out else None, last=quiet and not json_out)]
+            hooks += [] if quiet else [ProgressBar()]
             if log:
                 hooks.append(JsonLog(log))
-        summary = DistributedTrainer(config, dist_config, comm, hooks).run()
+        trainer = Trainer(config, hooks, axis=dist_config.axis_for(comm), check_every=dist_config.check_every)
+        summary = trainer.run()
     finally:
         shutdown()
+    summary["vendors_asked"] = list(config.vendors)  # summary["vendors"]: the market trained
     if json_out and comm.rank == 0:
         print(json.dumps(summary), flush=True)
 

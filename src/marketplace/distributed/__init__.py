@@ -11,22 +11,22 @@ Two axes (docs/algorithm.md section 8), each one collective per step:
 `init_from_env` joins the group torchrun describes (gloo on CPU, NCCL on
 CUDA, a timeout on every collective); `Collectives` counts the bytes of
 every collective; `check_same_weights` compares a hash of the weights
-across ranks; `DistributedTrainer` is the loop behind
-`marketplace train-distributed`; `run_local` starts ranks on this machine
-for tests and benchmarks. See docs/distributed.md.
+across ranks; `run_local` starts ranks on this machine for tests and
+benchmarks. A distributed run is `marketplace.training.Trainer` given an
+axis (`DistributedConfig.axis_for`), on every rank. See docs/distributed.md.
 """
 
 from .check import WeightsDivergedError, check_same_weights, weights_hash
 from .collectives import ByteCounter, Collectives, DistributedError, ring_bytes_sent
+from .config import AXES, DistributedConfig
 from .data_axis import AxisStep, DataAxis, shard_bounds
 from .group import init_from_env, shutdown
 from .local import RankFailure, free_port, run_local
 from .replica_axis import ReplicaAxis
-from .trainer import AXES, DistributedConfig, DistributedTrainer, sharded_accuracy
 
 __all__ = [
     "AXES", "AxisStep", "ByteCounter", "Collectives", "DataAxis", "DistributedConfig", "DistributedError",
-    "DistributedTrainer", "RankFailure", "ReplicaAxis", "WeightsDivergedError", "check_same_weights",
-    "free_port", "init_from_env", "ring_bytes_sent", "run_local", "shard_bounds", "sharded_accuracy",
+    "RankFailure", "ReplicaAxis", "WeightsDivergedError", "check_same_weights",
+    "free_port", "init_from_env", "ring_bytes_sent", "run_local", "shard_bounds",
     "shutdown", "weights_hash",
 ]

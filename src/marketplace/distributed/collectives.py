@@ -83,28 +83,30 @@ class Collectives:
 
     def all_reduce(self, tensor: torch.Tensor, label: str) -> torch.Tensor:
         """The sum over ranks of `tensor` (a new tensor on the input's device)."""
+        if not self.connected:
+            return self._alone(tensor, label, "all_reduce")
         buf = tensor.detach().to(self.device, copy=True).contiguous()
         self._count(label, "all_reduce", buf)
-        if self.connected:
-            self._run("all_reduce", label, lambda: dist.all_reduce(buf, op=dist.ReduceOp.SUM))
+        self._run("all_reduce", label, lambda: dist.all_reduce(buf, op=dist.ReduceOp.SUM))
         return buf.to(tensor.device)
 
     def all_gather(self, tensor: torch.Tensor, label: str) -> torch.Tensor:
         """Every rank's `tensor`, stacked in rank order: [world_size, *tensor.shape]."""
+        if not self.connected:
+            return self._alone(tensor, label, "all_gather").unsqueeze(0)
         buf = tensor.detach().to(self.device).contiguous()
         self._count(label, "all_gather", buf)
-        if not self.connected:
-            return buf.unsqueeze(0).to(tensor.device)
         out = [torch.empty_like(buf) for _ in range(self.world_size)]
         self._run("all_gather", label, lambda: dist.all_gather(out, buf))
         return torch.stack(out).to(tensor.device)
 
     def broadcast(self, tensor: torch.Tensor, label: str, src: int = 0) -> torch.Tensor:
         """Rank `src`'s `tensor`, on every rank."""
+        if not self.connected:
+            return self._alone(tensor, label, "broadcast")
         buf = tensor.detach().to(self.device, copy=True).contiguous()
         self._count(label, "broadcast", buf)
-        if self.connected:
-            self._run("broadcast", label, lambda: dist.broadcast(buf, src=src))
+        self._run("broadcast", label, lambda: dist.broadcast(buf, src=src))
         return buf.to(tensor.device)
 
     def broadcast_object(self, obj: Any, label: str, src: int = 0) -> Any:
@@ -115,6 +117,11 @@ class Collectives:
         if self.rank == src:
             buf = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return pickle.loads(self.broadcast(buf, label, src).numpy().tobytes())
+
+    def _alone(self, tensor: torch.Tensor, label: str, op: str) -> torch.Tensor:
+        """A world of one: the result is a copy of the input, where it is (no trip to the backend's device)."""
+        self._count(label, op, tensor)
+        return tensor.detach().clone()
 
     def _count(self, label: str, op: str, buf: torch.Tensor) -> None:
         self.counter.add(label, op, buf.numel() * buf.element_size(), self.world_size)

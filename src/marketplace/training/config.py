@@ -11,8 +11,7 @@ from ..defaults import DEFAULT_LR
 from ..errors import MarketplaceError
 from ..norms import NORM_NAMES
 from ..functional import ATTRIBUTIONS
-from ..optim import OPTIMIZERS
-from ..optim.estimator import DIRECTIONS
+from ..optim import DIRECTIONS, OPTIMIZERS
 from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
 # What a resumed run must share with its checkpoint: the settings that shape the weights' path. The

@@ -1,8 +1,11 @@
 """Supervised training of a market on a named data set or a user's file, forward passes only.
 
-`train` runs the loop of `Trainer` and reports to hooks. Batches and
-vendors of step t are pure functions of (seed, t), so a run resumed from a
-checkpoint is the same run as one never interrupted.
+`Trainer` is the one training loop, alone or as one rank of a process
+group: the axis it is given decides how the ranks share a step
+(`DataAxis`: the batch split across ranks; `ReplicaAxis`: the vendors
+split), and without one it trains as a world of one. Batches and vendors
+of step t are pure functions of (seed, t, rank, world size), so a run
+resumed from a checkpoint is the same run as one never interrupted.
 """
 
 from __future__ import annotations
@@ -11,25 +14,23 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import torch
 
-from .. import data
+from ..distributed import AxisStep, Collectives, DataAxis, ReplicaAxis, check_same_weights, shard_bounds
+from ..errors import CheckpointError, MarketplaceError
 from ..functional import path_losses
 from ..machine import resolve_device
-from ..market import Market
-from ..errors import MarketplaceError
-from ..models import build_model, canonical_source, is_factory_source
-from ..norms import norm_layer
-from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizerProtocol, TorchMarketOptimizer
 from ..rng import derive_seeds
 from ..vendors import BATCH_STREAM, Vendors
-from .checkpoint import Checkpoint, CheckpointError, check_resume, load_checkpoint, save_checkpoint
-from .cheap_vendors import market_vendors
-from .config import DEFAULT_LR, TrainConfig
+from .build import build_market, build_optimizer, data_shape, load_training_data, model_record
+from .checkpoint import check_resume, load_checkpoint, save_checkpoint
+from .config import TrainConfig
 from .hooks import Hook, StepRate
-from .schedules import Schedule, build_scheduler, build_torch_optimizer
+
+Axis = Union[DataAxis, ReplicaAxis]
+
 
 def batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
     """The examples of step `step`: drawn with replacement, a pure function of (seed, step)."""
@@ -38,100 +39,23 @@ def batch_indices(seed: int, step: int, n: int, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> tuple[float, float]:
-    """Accuracy (percent) and mean cross-entropy of `model` on (x, y)."""
-    correct, loss = 0, 0.0
-    for i in range(0, len(x), batch):
-        logits = model(x[i : i + batch]).float()
-        correct += int((logits.argmax(1) == y[i : i + batch]).sum())
-        loss += float(torch.nn.functional.cross_entropy(logits, y[i : i + batch], reduction="sum"))
-    return 100.0 * correct / len(x), loss / len(x)
+def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2000,
+             comm: Collectives | None = None) -> tuple[float, float]:
+    """Accuracy (percent) and mean cross-entropy of `model` on (x, y).
 
-
-def load_training_data(config: TrainConfig, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """x and y of one split: from `config.data` (a user's file) if given, else the named data set."""
-    if config.data:
-        return data.load_file(config.data).inputs(split, device)
-    return data.load_data(config.dataset, split, config.data_dir, device)
-
-
-def data_shape(config: TrainConfig) -> tuple[tuple[int, ...], int]:
-    """(shape of one example, number of classes) of the run's data, to build the model before loading it."""
-    if config.data:
-        file = data.load_file(config.data)
-        return file.input_shape, file.classes
-    return data.input_shape(config.dataset), data.num_classes(config.dataset)
-
-
-def build_market(config: TrainConfig, device: torch.device, input_shape: Sequence[int] = (1, 28, 28),
-                 classes: int = 10) -> Market:
-    """`config.model` split into len(vendors) specs for inputs of `input_shape`, initialised from the seed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        specs = build_model(config.model, len(config.vendors), input_shape, classes, config.split,
-                            norm=norm_layer(config.norm, config.batch))
-    if len(specs) != len(config.vendors):
-        raise MarketplaceError(f"--vendors has {len(config.vendors)} counts but --model {config.model} has "
-                               f"{len(specs)} specs: give one count per spec")
-    sampling = list(config.sampling) if config.sampling else 0
-    return Market(specs, list(market_vendors(config, specs, input_shape)), sampling).to(device)
-
-
-def model_record(config: TrainConfig, input_shape: Sequence[int], classes: int) -> dict[str, Any]:
-    """What a checkpoint keeps to rebuild the model: where it came from and what it reads."""
-    source = canonical_source(config.model) if is_factory_source(config.model) else config.model
-    return {"source": source, "split": list(config.split) if config.split else None,
-            "input_shape": list(input_shape), "classes": classes}
-
-
-def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) -> Market:
-    """The market a `marketplace train` checkpoint was saved from, with its weights.
-
-    A preset or a user's factory is rebuilt from the checkpoint's model record
-    (checkpoints without one hold the beautiful-MNIST CNN).
+    comm: the ranks of a group share the work; each evaluates its contiguous
+    slice of x, and one all-reduce of (correct, loss sum) gives all the result.
     """
-    saved = ckpt.meta.get("config", {})
-    record = ckpt.meta.get("model") or {}
-    split = record.get("split", saved.get("split"))
-    config = TrainConfig(vendors=tuple(saved.get("vendors", (4, 4, 4))), sampling=saved.get("sampling"),
-                         norm=saved.get("norm", "instance"), batch=saved.get("batch", 128),
-                         model=record.get("source", saved.get("model", "beautiful-mnist")),
-                         split=tuple(split) if split else None, cheap_vendors=saved.get("cheap_vendors", 0.0))
-    market = build_market(config, device, tuple(record.get("input_shape", (1, 28, 28))), record.get("classes", 10))
-    try:
-        market.load_state_dict(ckpt.model)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} does not hold the {config.model} market it names: "
-                              f"{str(e).splitlines()[0]}") from e
-    return market
-
-
-def build_torch_v2(config: TrainConfig, market: Market, lr: float) -> TorchMarketOptimizer:
-    """V2's estimate under the configured torch optimizer and lr schedule."""
-    optimizer = build_torch_optimizer(config.optimizer, market, lr, config.momentum, config.weight_decay,
-                                      config.nesterov)
-    schedule = Schedule(config.schedule, config.horizon(), config.warmup, config.decay, config.min_lr)
-    estimator = ForwardGradient(market, optimizer, probe_scale=config.probe_scale, probe_width=config.probe_width,
-                                seed=config.seed, attribution=config.attribution, direction=config.direction,
-                                per_spec=config.per_spec, antithetic=config.antithetic,
-                                cache_deltas=config.cache_deltas)
-    return TorchMarketOptimizer(estimator, optimizer, build_scheduler(optimizer, schedule), config.clip,
-                                config.on_nonfinite)
-
-
-def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizerProtocol:
-    """V1, V2 or AdaptiveV2; v2 with torch options goes through torch.optim (plain V2 is the same as sgd + constant)."""
-    lr = config.lr if config.lr is not None else DEFAULT_LR[config.algorithm]
-    if config.algorithm == "v2" and config.torch_options_used():
-        return build_torch_v2(config, market, lr)
-    common = dict(decay=config.decay, seed=config.seed, cache_deltas=config.cache_deltas,
-                  on_nonfinite=config.on_nonfinite)
-    if config.algorithm == "v1":
-        return OPTIMIZERS["v1"](market, lr, **common)
-    extra = dict(probe_scale=config.probe_scale, per_spec=config.per_spec)
-    if config.algorithm == "adaptive":
-        extra.update(meta_lr=config.meta_lr, rate_bounds=config.rate_bounds, rate_smoothing=config.rate_smoothing)
-    return OPTIMIZERS[config.algorithm](market, lr, **extra, **common)
+    lo, hi = shard_bounds(len(x), comm.rank, comm.world_size) if comm is not None else (0, len(x))
+    correct, loss = 0, 0.0
+    for i in range(lo, hi, batch):
+        j = min(i + batch, hi)
+        logits = model(x[i:j]).float()
+        correct += int((logits.argmax(1) == y[i:j]).sum())
+        loss += float(torch.nn.functional.cross_entropy(logits, y[i:j], reduction="sum"))
+    if comm is not None:
+        correct, loss = comm.all_reduce(torch.tensor([correct, loss], dtype=torch.float64), "eval").tolist()
+    return 100.0 * correct / len(x), loss / len(x)
 
 
 def finished(config, steps: int, seconds: float) -> bool:
@@ -150,17 +74,55 @@ def leader_metrics(losses: torch.Tensor, paths: torch.Tensor, products: torch.Te
             "best_loss": float(losses.min()), "mean_loss": float(losses.mean())}
 
 
+def vendor_streams(axis: str, world_size: int) -> int:
+    """How many ranks draw their own vendors each step: the replica axis's world size, else one."""
+    return world_size if axis == "replica" else 1
+
+
+def read_resume_state(path: str, config: TrainConfig, streams: int = 1) -> dict[str, Any]:
+    """What a resumed run takes from its checkpoint, after checking that it continues the same run.
+
+    streams: this run's `vendor_streams`; a replica run continues only over as many ranks, since
+    the vendors of every step depend on them (the data axis's world size only splits the batch).
+    """
+    ckpt = load_checkpoint(path)
+    check_resume(path, ckpt, config)
+    group = ckpt.meta.get("distributed") or {}
+    saved = vendor_streams(group.get("axis", "data"), int(group.get("world_size", 1)))
+    if saved != streams:
+        raise CheckpointError(f"{path} was trained with {saved} rank(s) drawing vendors each step, this run has "
+                              f"{streams}: resume a replica-axis run on the replica axis over the same ranks")
+    return {"model": ckpt.model, "optimizer": ckpt.optimizer, "seconds": float(ckpt.meta.get("seconds", 0.0)),
+            "test_accuracy": ckpt.meta.get("test_accuracy")}
+
+
 @dataclass
 class Trainer:
-    """One training run: data, market, optimizer and the loop over steps."""
+    """One training run: data, market, optimizer and the loop over steps.
+
+    axis: how the ranks of a process group share each step, e.g.
+    `DataAxis(init_from_env())`; None trains alone on `config.device`. In a
+    group every rank runs this same loop; rank 0 alone keeps the hooks and
+    reads and writes checkpoints. check_every: steps between checks that
+    every rank still holds bit-identical weights.
+    """
 
     config: TrainConfig
     hooks: Sequence[Hook] = field(default_factory=tuple)
+    axis: Axis | None = None
+    check_every: int = 100
 
     def __post_init__(self):
         self.config.validate()
         cfg = self.config
-        self.device = resolve_device(cfg.device)
+        if self.check_every < 1:
+            raise MarketplaceError(f"check_every must be >= 1, got {self.check_every}")
+        self.distributed = self.axis is not None  # a group's settings go into checkpoints and the summary
+        if self.axis is None:
+            self.axis = DataAxis(Collectives(train_device=resolve_device(cfg.device)))
+        self.comm = self.axis.comm
+        self.device = self.comm.train_device
+        self.hooks = list(self.hooks) if self.comm.rank == 0 else []
         shape, classes = data_shape(cfg)  # the model's mistakes before the data's (a download, say)
         self.model_record = model_record(cfg, shape, classes)
         self.market = build_market(cfg, self.device, shape, classes)
@@ -169,29 +131,57 @@ class Trainer:
         self.x_test, self.y_test = x_test[: cfg.eval_samples], y_test[: cfg.eval_samples]
         self.x_test_full, self.y_test_full = x_test, y_test
         self.optimizer = build_optimizer(cfg, self.market)
+        self.axis.check(self.optimizer, cfg.batch)
         self.seconds_before = 0.0  # training time of earlier runs resumed from
         self.test_accuracy: float | None = None
-        if cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).exists():
-            self.load(cfg.checkpoint)
+        if cfg.resume and cfg.checkpoint:
+            self.load(cfg.checkpoint, missing_ok=True)
+        check_same_weights(self.market, self.comm, self.optimizer.steps)
 
-    # -- checkpoints ---------------------------------------------------------
+    # -- checkpoints: rank 0 reads and writes them -------------------------------
 
     def save(self, path: str, seconds: float) -> None:
         meta = {"config": dataclasses.asdict(self.config), "seconds": seconds,
                 "test_accuracy": self.test_accuracy, "model": self.model_record}
+        if self.distributed:
+            meta["distributed"] = {"axis": self.axis.name, "backend": self.comm.backend, "timeout": self.comm.timeout,
+                                   "check_every": self.check_every, "world_size": self.comm.world_size}
         save_checkpoint(path, self.market.state_dict(), self.optimizer.state_dict(), meta)
 
-    def load(self, path: str) -> None:
-        ckpt = load_checkpoint(path)
-        check_resume(path, ckpt, self.config)
+    def load(self, path: str, missing_ok: bool = False) -> bool:
+        """Continue the run saved at `path`; False when missing_ok and there is no file yet.
+
+        Rank 0 reads the file and sends it to the others (start-up only, so it
+        need only be on rank 0's disk); its refusal stops every rank.
+        """
+        state, error = None, None
+        if self.comm.rank == 0 and not (missing_ok and not Path(path).exists()):
+            try:
+                streams = vendor_streams(self.axis.name, self.comm.world_size)
+                state = read_resume_state(path, self.config, streams)
+            except MarketplaceError as e:
+                error = e
+        if self.comm.world_size > 1:
+            state, message = self.comm.broadcast_object((state, str(error) if error else None), "startup")
+            if message and error is None:
+                raise CheckpointError(message)
+        if error is not None:
+            raise error
+        if state is None:
+            return False
         try:
-            self.market.load_state_dict(ckpt.model)
+            self.market.load_state_dict(state["model"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{path} holds a different model than --vendors {list(self.config.vendors)}: {first}") from e
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        self.seconds_before = float(ckpt.meta.get("seconds", 0.0))
-        self.test_accuracy = ckpt.meta.get("test_accuracy")
+            raise CheckpointError(f"{path} holds a different model than --vendors {list(self.config.vendors)}: "
+                                  f"{first}") from e
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.seconds_before, self.test_accuracy = state["seconds"], state["test_accuracy"]
+        return True
+
+    def _checkpoint(self, seconds: float) -> None:
+        if self.comm.rank == 0:
+            self.save(self.config.checkpoint, seconds)
 
     # -- the loop ------------------------------------------------------------
 
@@ -199,46 +189,85 @@ class Trainer:
         out = self.market.evaluate(x, vendors)
         return path_losses(out.products, y), out.paths, out.products
 
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's examples of step `step`: its shard of the step's batch."""
+        cfg = self.config
+        idx = batch_indices(cfg.seed, step, len(self.x_train), cfg.batch)[self.axis.shard(cfg.batch)]
+        idx = idx.to(self.device)
+        return self.x_train[idx], self.y_train[idx]
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[AxisStep, torch.Tensor]:
+        """One update over the axis; also the products of the first pass [P, B, classes], for the metrics."""
+        seen: dict[str, torch.Tensor] = {}
+
+        def evaluate(vendors: Vendors) -> tuple[torch.Tensor, torch.Tensor]:
+            losses, paths, products = self.path_losses(x, y, vendors)
+            seen.setdefault("products", products)
+            return losses, paths
+
+        result = self.axis.step(self.optimizer, evaluate, self.config.batch)
+        return result, seen["products"]
+
     def run(self) -> dict[str, Any]:
-        cfg, opt = self.config, self.optimizer
+        cfg, opt, comm = self.config, self.optimizer, self.comm
         for hook in self.hooks:
             hook.on_start(cfg, self.market, opt.steps)
-        start = time.perf_counter()
+        start, first_step = time.perf_counter(), opt.steps
         elapsed = lambda: self.seconds_before + time.perf_counter() - start
         rate = StepRate(opt.steps, elapsed())
-        while not self._done(elapsed()):
-            idx = batch_indices(cfg.seed, opt.steps, len(self.x_train), cfg.batch).to(self.device)
-            x, y = self.x_train[idx], self.y_train[idx]
-            losses, paths, products = self.path_losses(x, y, opt.vendors)
+        done = self._done(elapsed())
+        while not done:
             step = opt.steps
+            x, y = self.batch(step)
+            result, products = self.step(x, y)
             metrics: dict[str, Any] = {}
-            if (step + 1) % cfg.log_every == 0 or step == 0:
-                metrics = leader_metrics(losses, paths, products, y)
-            opt.step(losses, paths, closure=lambda v: self.path_losses(x, y, v)[:2])
+            if self.hooks and ((step + 1) % cfg.log_every == 0 or step == 0):
+                metrics = leader_metrics(result.losses, result.paths, products, y)
             done = self._done(elapsed())
             if opt.steps % cfg.eval_every == 0 and not done:  # the last one is on the full test set
-                self.test_accuracy, metrics["test_loss"] = accuracy(self.market, self.x_test, self.y_test)
-                metrics["test_accuracy"] = self.test_accuracy
+                self.test_accuracy, test_loss = accuracy(self.market, self.x_test, self.y_test, comm=comm)
+                metrics.update(test_accuracy=self.test_accuracy, test_loss=test_loss)
+            if opt.steps % self.check_every == 0 and not done:
+                check_same_weights(self.market, comm, opt.steps)
             metrics = rate.stamp(metrics, opt.steps, elapsed(), opt.lr[0])
             for hook in self.hooks:
                 hook.on_step(metrics)
             if cfg.checkpoint and (opt.steps % cfg.checkpoint_every == 0 or done):
-                self.save(cfg.checkpoint, elapsed())
+                self._checkpoint(elapsed())
         seconds = elapsed()
-        test_acc, test_loss = accuracy(self.market, self.x_test_full, self.y_test_full)
-        self.test_accuracy = test_acc
+        check_same_weights(self.market, comm, opt.steps)
+        self.test_accuracy, test_loss = accuracy(self.market, self.x_test_full, self.y_test_full, comm=comm)
         if cfg.checkpoint:
-            self.save(cfg.checkpoint, seconds)
-        summary = {"test_accuracy": test_acc, "test_loss": test_loss, "steps": opt.steps,
-                   "seconds": round(seconds, 3), "skipped_steps": opt.skipped,
-                   "dataset": cfg.data or cfg.dataset, "model": cfg.model, "algorithm": cfg.algorithm,
-                   "vendors": list(self.market.vendor_counts), "batch": cfg.batch, "device": str(self.device)}
+            self._checkpoint(seconds)
+        summary = self.summary(test_loss, seconds, opt.steps - first_step)
         for hook in self.hooks:
             hook.on_end(summary)
         return summary
 
     def _done(self, seconds: float) -> bool:
-        return finished(self.config, self.optimizer.steps, seconds)
+        """After --steps, or when rank 0's clock passes --max-seconds (sent to all: the ranks must agree)."""
+        cfg = self.config
+        if cfg.steps is not None and self.optimizer.steps >= cfg.steps:
+            return True
+        if cfg.max_seconds is None:
+            return False
+        flag = torch.tensor([seconds >= cfg.max_seconds], dtype=torch.uint8)
+        return bool(self.comm.broadcast(flag, "control")[0])
+
+    def summary(self, test_loss: float, seconds: float, steps_run: int) -> dict[str, Any]:
+        """The run's results; the vendors are the counts trained, after --cheap-vendors."""
+        cfg, opt = self.config, self.optimizer
+        out = {"test_accuracy": self.test_accuracy, "test_loss": test_loss, "steps": opt.steps,
+               "seconds": round(seconds, 3), "skipped_steps": opt.skipped, "dataset": cfg.data or cfg.dataset,
+               "model": cfg.model, "algorithm": cfg.algorithm, "vendors": list(self.market.vendor_counts),
+               "batch": cfg.batch, "device": str(self.device)}
+        if self.distributed:
+            counter = self.comm.counter
+            per_step = lambda d: round(d.get("step", 0) / steps_run, 1) if steps_run else 0.0
+            out.update(axis=self.axis.name, world_size=self.comm.world_size, backend=self.comm.backend or "none",
+                       bytes_per_step=per_step(counter.payload), wire_bytes_per_step=per_step(counter.sent),
+                       bytes=counter.as_dict())
+        return out
 
 
 def train(config: TrainConfig, hooks: Sequence[Hook] = ()) -> dict[str, Any]:
