@@ -57,7 +57,7 @@ class TrainConfig:
     data: str | None = None  # a .npz/.pt file with x_train, y_train, x_test, y_test; replaces `dataset`
     # -- the estimator and its optimizer --
     cheap_vendors: float = 0.0  # raise vendor counts where a spec is cheap, within this FLOP slack (cheap_vendors.py)
-    # v2 through torch.optim (schedules.py, optim/estimator.py); sgd + constant is V2 itself
+    # v2 through torch.optim (schedules.py, optim/forward_gradient.py); sgd + constant is V2 itself
     optimizer: str = "sgd"  # sgd, momentum, adam, adamw
     momentum: float = 0.9
     nesterov: bool = False

@@ -1,1 +1,0 @@
-from .forward_gradient import *  # noqa: F401,F403  old path of forward_gradient.py, for imports outside optim/
