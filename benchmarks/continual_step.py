@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="runs/benchmarks", help="directory for continual_step_<device>.{json,md}")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
+    load_before = os.getloadavg()
     times = bench(device, args.rounds, args.calls, args.data_dir)
+    load = [round(v, 2) for v in (*load_before, *os.getloadavg())]
     plain = statistics.median(times["plain"])
     rows = []
     for name, ts in times.items():
@@ -103,12 +106,14 @@ def main(argv: list[str] | None = None) -> dict:
                      "target": target, "met": None if target is None else ratio <= target})
     result = {"benchmark": "continual_step", "machine": machine_name(device), "device": str(device),
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "batch": 256,
-              "market": [4, 4, 4], "rounds": args.rounds, "calls_per_round": args.calls, "rows": rows,
+              "market": [4, 4, 4], "rounds": args.rounds, "calls_per_round": args.calls,
+              "load_average_before_after": load, "rows": rows,
               "times_s": times}
-    lines = [f"# Continual step against plain inference ({result['machine']}, {result['torch_threads']} threads, "
+    lines = [f"# Continual step against plain inference ({result['machine']}, "
              f"torch {torch.__version__})", "",
              "256 requests (240 digits + 16 dresses), 4x4x4 market; median of "
-             f"{args.rounds} interleaved rounds of {args.calls} calls.", "",
+             f"{args.rounds} interleaved rounds of {args.calls} calls; load average {load[0]} before, "
+             f"{load[3]} after (1 min).", "",
              "| variant | median ms | x plain inference | target |", "| --- | ---: | ---: | --- |"]
     for row in rows:
         target = "" if row["target"] is None else f"<= {row['target']}x: {'met' if row['met'] else 'not met'}"
