@@ -1,0 +1,35 @@
+"""The continual screens: one row per variant against the published settings; finished variants are not rerun."""
+
+import importlib.util
+from pathlib import Path
+
+from helpers import run_cli
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "continual_screens.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("continual_screens", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_screens_write_an_ablation_table_and_skip_finished_variants(monkeypatch, capsys, small_data, tmp_path):
+    base = tmp_path / "no9.safetensors"
+    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
+                             "--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
+                             "--data-dir", small_data, "--checkpoint", base)
+    assert code == 0, err
+    screens = load_script()
+    args = ["nine", "--checkpoint", str(base), "--steps", "2", "--variants", "baseline", "--eval-every", "1",
+            "--eval-samples", "40", "--data-dir", str(small_data), "--out", str(tmp_path / "screens")]
+    rows = screens.main(args)
+    assert [r["variant"] for r in rows] == ["published", "baseline"]  # the reference is always run first
+    assert all(r["steps"] == 2 and r["learner_updates"] == 2 for r in rows)
+    text = (tmp_path / "screens" / "screens.md").read_text()
+    assert "| published |" in text and "| baseline |" in text
+    summary = tmp_path / "screens" / "baseline.json"
+    stamp = summary.stat().st_mtime_ns
+    assert screens.main(args) == rows and summary.stat().st_mtime_ns == stamp
+
