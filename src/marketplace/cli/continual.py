@@ -9,7 +9,7 @@ import typer
 
 from ..errors import MarketplaceError
 from . import app
-from .parse import ints
+from .parse import ints, per_spec
 
 continual_app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -44,11 +44,9 @@ def pretrain(
     from ..continual.pretrain import pretrain as run
     from ..training import JsonLog, ProgressBar, TrainConfig
 
-    if unit not in ("spec", "model"):
-        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
     excluded = ints(exclude, "--exclude") if exclude.strip() else ()
     config = TrainConfig(dataset=dataset, algorithm="v2", vendors=ints(vendors, "--vendors"), batch=batch, lr=lr,
-                         decay=decay, probe_scale=probe_scale, per_spec=unit == "spec", steps=steps,
+                         decay=decay, probe_scale=probe_scale, per_spec=per_spec(unit), steps=steps,
                          max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every,
                          eval_samples=eval_samples, checkpoint=checkpoint, resume=resume, data_dir=data_dir)
     hooks = [] if quiet else [ProgressBar()]

@@ -10,7 +10,6 @@ checkpoints and the --json line. Without torchrun it runs as a world of one.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import sys
@@ -21,8 +20,7 @@ import typer
 
 from ..errors import MarketplaceError
 from . import app
-from .parse import floats, ints
-from .train import train as train_command
+from .train import train as train_command, train_config
 
 
 def _distributed_options(
@@ -33,50 +31,6 @@ def _distributed_options(
     check_every: int = typer.Option(100, help="steps between checks that every rank holds the same weights"),
 ):
     """Only its signature is used: the options train-distributed adds to train's."""
-
-
-def _unit(value: str) -> bool:
-    if value not in ("spec", "model"):
-        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {value!r}")
-    return value == "spec"
-
-
-def _on_nonfinite(value: str) -> str:
-    if value not in ("stop", "skip"):
-        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {value!r}")
-    return "raise" if value == "stop" else "skip"
-
-
-# The options of `train` whose TrainConfig field has another name or type: option -> (field, convert).
-_CONVERT = {
-    "vendors": ("vendors", lambda v: ints(v, "--vendors")),
-    "sampling": ("sampling", lambda v: ints(v, "--sampling") if v else None),
-    "split": ("split", lambda v: ints(v, "--split") if v else None),
-    "rate_bounds": ("rate_bounds", lambda v: floats(v, "--rate-bounds")),
-    "data_file": ("data", lambda v: v),
-    "unit": ("per_spec", _unit),
-    "on_nonfinite": ("on_nonfinite", _on_nonfinite),
-    "regenerate_deltas": ("cache_deltas", lambda v: not v),
-}
-_COMMAND = {"log", "json_out", "quiet"}  # how the command reports, not what it trains
-
-
-def train_config(options: dict[str, Any]):
-    """The TrainConfig that `marketplace train` builds from the same options."""
-    from ..training import TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    defaults = {name: getattr(p.default, "default", p.default)
-                for name, p in inspect.signature(train_command).parameters.items()}
-    # An option of `train` this command cannot pass on is refused when set, never silently dropped.
-    unknown = sorted(k for k in set(options) - fields - set(_CONVERT) - _COMMAND if options[k] != defaults.get(k))
-    if unknown:
-        names = ", ".join("--" + u.replace("_", "-") for u in unknown)
-        raise MarketplaceError(f"train-distributed does not support {names} yet")
-    values = {k: v for k, v in options.items() if k in fields and k not in _CONVERT}
-    for option, (name, convert) in _CONVERT.items():
-        values[name] = convert(options[option])
-    return TrainConfig(**values)
 
 
 def train_distributed(**options: Any) -> None:
@@ -91,7 +45,7 @@ def train_distributed(**options: Any) -> None:
         raise MarketplaceError(f"--check-every must be >= 1, got {dist_config.check_every}")
     dist_config.validate()
     log, json_out, quiet = options["log"], options["json_out"], options["quiet"]
-    config = train_config(options)
+    config = train_config(**options)
     comm = init_from_env(dist_config.backend, config.device, dist_config.timeout)
     try:
         hooks = []

@@ -28,3 +28,17 @@ def floats(text: str | None, name: str) -> tuple[float, ...] | None:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise MarketplaceError(f"{name} takes comma-separated numbers like 0.03,0.1, got {text!r}") from None
+
+
+def per_spec(unit: str) -> bool:
+    """--unit: 'spec' (a unit vector per spec) -> True, 'model' (one over the whole model) -> False."""
+    if unit not in ("spec", "model"):
+        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
+    return unit == "spec"
+
+
+def nonfinite_policy(value: str) -> str:
+    """--on-nonfinite: 'stop' or 'skip' -> the optimizers' 'raise' or 'skip'."""
+    if value not in ("stop", "skip"):
+        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {value!r}")
+    return "raise" if value == "stop" else "skip"

@@ -9,9 +9,8 @@ from typing import Optional
 import typer
 
 from ..defaults import CLI_CHEAP_VENDORS
-from ..errors import MarketplaceError
 from . import app
-from .parse import floats, ints
+from .parse import floats, ints, nonfinite_policy, per_spec
 
 
 @app.command()
@@ -68,27 +67,11 @@ def train(
 
     The first line names the market trained, and why if it is not --vendors.
     """
-    from ..training import JsonLog, ProgressBar, TrainConfig, train as run
+    options = dict(locals())  # the options as given, before anything else is bound here
+    from ..training import JsonLog, ProgressBar, train as run
     from ..training.hooks import RunLines
 
-    if unit not in ("spec", "model"):
-        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
-    if on_nonfinite not in ("stop", "skip"):
-        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}")
-    config = TrainConfig(
-        dataset=dataset, algorithm=algorithm, vendors=ints(vendors, "--vendors"),
-        sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,
-        probe_scale=probe_scale, per_spec=unit == "spec", meta_lr=meta_lr,
-        rate_bounds=floats(rate_bounds, "--rate-bounds"), rate_smoothing=rate_smoothing, steps=steps,
-        max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every, eval_samples=eval_samples,
-        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-        on_nonfinite="raise" if on_nonfinite == "stop" else "skip", cache_deltas=not regenerate_deltas,
-        data_dir=data_dir,
-        model=model, split=ints(split, "--split") if split else None, data=data_file,
-        cheap_vendors=cheap_vendors, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
-        weight_decay=weight_decay, schedule=schedule, schedule_steps=schedule_steps, warmup=warmup, min_lr=min_lr,
-        probe_width=probe_width, attribution=attribution, direction=direction, antithetic=antithetic, clip=clip,
-    )
+    config = train_config(**options)
     # With --json, stdout holds only the JSON line: the human lines go to stderr. The bar prints the result itself.
     hooks = [RunLines(sys.stderr if json_out else None, last=quiet and not json_out)]
     hooks += [] if quiet else [ProgressBar()]
@@ -104,6 +87,32 @@ def train(
     summary["vendors_asked"] = list(config.vendors)  # summary["vendors"]: the market trained
     if json_out:
         print(json.dumps(summary), flush=True)
+
+
+def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, probe_scale, unit, meta_lr, rate_bounds,
+                 rate_smoothing, cheap_vendors, optimizer, momentum, nesterov, weight_decay, schedule, schedule_steps,
+                 warmup, min_lr, probe_width, attribution, direction, antithetic, clip, steps, max_seconds, seed,
+                 device, eval_every, eval_samples, checkpoint, checkpoint_every, resume, on_nonfinite,
+                 regenerate_deltas, data_dir, model, split, data_file, **reporting):
+    """The TrainConfig of `train`'s options: the one place they become a config (`train-distributed` uses it too).
+
+    reporting: how the command reports (--log, --json, --quiet), not what it trains.
+    """
+    from ..training import TrainConfig
+
+    return TrainConfig(
+        dataset=dataset, algorithm=algorithm, vendors=ints(vendors, "--vendors"),
+        sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,
+        probe_scale=probe_scale, per_spec=per_spec(unit), meta_lr=meta_lr,
+        rate_bounds=floats(rate_bounds, "--rate-bounds"), rate_smoothing=rate_smoothing, steps=steps,
+        max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every, eval_samples=eval_samples,
+        checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+        on_nonfinite=nonfinite_policy(on_nonfinite), cache_deltas=not regenerate_deltas, data_dir=data_dir,
+        model=model, split=ints(split, "--split") if split else None, data=data_file,
+        cheap_vendors=cheap_vendors, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, schedule=schedule, schedule_steps=schedule_steps, warmup=warmup, min_lr=min_lr,
+        probe_width=probe_width, attribution=attribution, direction=direction, antithetic=antithetic, clip=clip,
+    )
 
 
 @app.command()
