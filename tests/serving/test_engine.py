@@ -132,13 +132,14 @@ def test_bad_feedback_and_reports_are_refused_with_their_status(tmp_path):
     assert e.store.counts()["feedback"] == 1
 
 
-def test_reports_of_a_superseded_step_are_refused_and_counted_stale(tmp_path):
+def test_reports_of_a_superseded_step_are_refused_and_change_no_counter(tmp_path):
     e = engine(tmp_path)
     e.report([0] * 4, torch.zeros(4, 2, dtype=torch.int64), torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert e.step == 1
     with pytest.raises(RequestError) as info:
         e.report([0], torch.zeros(1, 2, dtype=torch.int64), torch.tensor([1.0]))
-    assert info.value.status == 409 and e.learner.stats["stale"] == 1
+    assert info.value.status == 409 and e.learner.stats["stale"] == 0  # nothing stored, nothing counted
+    assert e.store.counts()["report"] == 4
 
 
 def test_a_store_made_for_other_weights_is_refused(tmp_path):

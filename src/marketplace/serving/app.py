@@ -139,10 +139,13 @@ def create_app(engine: Engine) -> FastAPI:
         if config.protect_predict:
             guard(request)
         body = await request.body()
-        if request.headers.get("content-type", "").split(";")[0].strip() == RAW:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == RAW:
             x = decode_raw(body, request.headers.get("x-shape"), request.headers.get("x-dtype"))
-        else:
+        elif kind in ("application/json", ""):
             x = decode_json(body)
+        else:
+            raise RequestError(f"Content-Type must be application/json or {RAW}, got {kind!r}", 415)
         x = check_inputs(x, engine.input_shape, config.max_request)
         if x.dtype == torch.uint8:
             x = normalize_pixels(x, engine.pixels)
@@ -192,7 +195,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     async def unknown(rest: str):
-        raise RequestError(f"no such endpoint: /{rest}", 404)
+        shown = rest if len(rest) <= 80 else rest[:80] + "..."  # never echo a long path back
+        raise RequestError(f"no such endpoint: /{shown}", 404)
 
     app.add_middleware(BodyLimit, limit=config.max_body)
     return app

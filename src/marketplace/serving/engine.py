@@ -210,8 +210,7 @@ class Engine:
             ahead = [s for s in steps if s > self.step or s < 0]
             if ahead:
                 raise RequestError(f"step {ahead[0]} was never served (the current step is {self.step})")
-            if all(s < self.step for s in steps):
-                self.learner.stats["stale"] += len(steps)
+            if all(s < self.step for s in steps):  # nothing is stored, so nothing is counted
                 raise RequestError(f"step {max(steps)} is superseded (the current step is {self.step}): "
                                    "fetch /v1/market and compute the losses again", 409)
             losses = losses.float()  # what is stored is what is learned from, live or replayed

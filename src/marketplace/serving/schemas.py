@@ -19,19 +19,49 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, Valid
 from .engine import RequestError
 
 _DTYPES = {"uint8": np.uint8, "float32": np.float32}
+MAX_DEPTH = 8  # nesting of a JSON body: {"inputs": [B][C][H][W]} needs 5
+MAX_DIMS = 8  # dimensions of a raw input's X-Shape
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# Integers are bounded where they are read, before SQLite (64-bit) or torch (int64 indices) see them.
+Id = Annotated[StrictInt, Field(ge=0, lt=2**63)]
+Count = Annotated[StrictInt, Field(ge=0, lt=2**31)]  # a label, a vendor index
+# A loss is a JSON number (not a string) that stays finite in float32, the precision it is learned in.
+Loss = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=-FLOAT32_MAX, lt=FLOAT32_MAX)]
 
 
 class FeedbackItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: StrictInt
-    label: StrictInt
+    id: Id
+    label: Count
 
 
 class ReportItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    step: StrictInt
-    path: list[StrictInt]
-    loss: Annotated[float, Field(allow_inf_nan=False)]
+    step: Id
+    path: Annotated[list[Count], Field(max_length=1024)]
+    loss: Loss
+
+
+def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
+    """Refuse JSON nested deeper than `limit` before parsing it (a deep body would exhaust the parser's stack)."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                raise RequestError(f"the JSON body is nested deeper than {limit} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
 
 
 FEEDBACK = TypeAdapter(list[FeedbackItem])
@@ -48,6 +78,7 @@ def one_line(error: ValidationError) -> str:
 
 def parse_list(adapter: TypeAdapter, body: bytes, what: str, limit: int) -> list:
     """A JSON list of records, at least one and at most `limit`."""
+    check_depth(body)
     try:
         items = adapter.validate_json(body)
     except ValidationError as e:
@@ -66,6 +97,8 @@ def _shape(text: str | None) -> tuple[int, ...]:
         raise RequestError(f"X-Shape must be comma-separated integers like 8,1,28,28, got {text!r}") from None
     if not shape or any(v < 0 for v in shape):
         raise RequestError(f"X-Shape must be non-negative integers, got {text!r}")
+    if len(shape) > MAX_DIMS:
+        raise RequestError(f"X-Shape has {len(shape)} dimensions; at most {MAX_DIMS}")
     return shape
 
 
@@ -100,6 +133,7 @@ def normalize_pixels(x: torch.Tensor, pixels: tuple | None) -> torch.Tensor:
 
 def decode_json(body: bytes) -> torch.Tensor:
     """{"inputs": nested lists of numbers} -> float32 tensor."""
+    check_depth(body)
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
