@@ -280,7 +280,9 @@ class Engine:
         return {"step": self.step, "version": self.version(), "learning": self.config.learning,
                 "baseline": self.config.baseline,
                 "records_waiting": self.learner.buffered, "records_per_update": self.config.records,
-                **stats, "replayed": self.replayed, "uptime_s": round(time.time() - self.started, 3)}
+                **stats, "replayed": self.replayed, "uptime_s": round(time.time() - self.started, 3),
+                # every stored record is counted once by the learner, as recorded or as stale
+                "stored_records": self.store.last_seq() if self.store is not None else 0}
 
 
 def file_digest(path: str | Path) -> str:
