@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict] = {
     "baseline, lr 3e-2": {"baseline": True, "lr": 3e-2, "probe_scale": 1 / 3},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},
+    "rank attribution": {"attribution": "rank"},  # centred ranks: no record outweighs another
     "balanced paths": {"balanced": True},
     "K = 512": {"records": 512},  # one update every two steps, from twice the records
 }

@@ -45,6 +45,7 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true")
     p.add_argument("--balanced", action="store_true")
     p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
+    p.add_argument("--attribution", default=d.attribution, choices=["zscore", "rank"])
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-samples", type=int, default=d.eval_samples)
     p.add_argument("--log-every", type=int, default=d.log_every)
@@ -78,7 +79,8 @@ def run_script(experiment: str, description: str, argv: list[str] | None = None)
         experiment=experiment, checkpoint=args.checkpoint, steps=args.steps, old_per_step=args.old_per_step,
         new_per_step=args.new_per_step, few_shot=args.few_shot, vendors=vendors, lr=args.lr,
         probe_scale=args.probe_scale, unit=args.unit, records=args.records, outliers=args.outliers,
-        augment=args.augment, balanced=args.balanced, baseline=args.baseline, eval_every=args.eval_every,
+        augment=args.augment, balanced=args.balanced, baseline=args.baseline, attribution=args.attribution,
+        eval_every=args.eval_every,
         eval_samples=args.eval_samples, log_every=args.log_every, seed=args.seed, device=args.device,
         data_dir=args.data_dir, log=str(log), save=str(save), checkpoint_every=args.checkpoint_every,
         resume=args.resume)

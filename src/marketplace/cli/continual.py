@@ -60,7 +60,8 @@ def pretrain(
 def _experiment(
     experiment: str, checkpoint: str, steps: int, old_per_step: int, new_per_step: int, few_shot: bool,
     vendors: str, lr: float, probe_scale: float, unit: str, records: Optional[int], outliers: Optional[float],
-    augment: bool, balanced: bool, baseline: bool, eval_every: int, eval_samples: int, log_every: int, seed: int,
+    augment: bool, balanced: bool, baseline: bool, attribution: str, eval_every: int, eval_samples: int,
+    log_every: int, seed: int,
     device: str, data_dir: Optional[str], log: Optional[str], plot: Optional[str], save: Optional[str],
     checkpoint_every: int, resume: bool, json_out: bool, quiet: bool, mlflow: bool,
 ) -> None:
@@ -72,7 +73,8 @@ def _experiment(
         experiment=experiment, checkpoint=checkpoint, steps=steps, old_per_step=old_per_step,
         new_per_step=new_per_step, few_shot=few_shot, vendors=ints(vendors, "--vendors"), lr=lr,
         probe_scale=probe_scale, unit=unit, records=records, outliers=outliers, augment=augment,
-        balanced=balanced, baseline=baseline, eval_every=eval_every, eval_samples=eval_samples, log_every=log_every,
+        balanced=balanced, baseline=baseline, attribution=attribution, eval_every=eval_every,
+        eval_samples=eval_samples, log_every=log_every,
         seed=seed, device=device, data_dir=data_dir, log=log, save=save, checkpoint_every=checkpoint_every,
         resume=resume)
     hooks = [] if quiet else [PrintProgress()]
@@ -105,6 +107,7 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         augment: bool = typer.Option(False, help="shift old images by up to 2 pixels"),
         balanced: bool = typer.Option(False, help="spread vendors evenly over each batch's requests"),
         baseline: bool = typer.Option(False, help="learn from each path's loss minus the base weights' loss"),
+        attribution: str = typer.Option("zscore", help="zscore (V2, as published) or rank (centred ranks)"),
         eval_every: int = typer.Option(500, help="steps between validations (base weights, a fixed subsample)"),
         eval_samples: int = typer.Option(2000, help="old-class validation images each time (the summary uses all)"),
         log_every: int = typer.Option(50, help="steps per logged learning-accuracy window"),
@@ -121,7 +124,8 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         mlflow: bool = typer.Option(True, help="also log to MLflow when `import mlflow` works"),
     ):
         _experiment(experiment, checkpoint, steps, old_per_step, new_per_step, few_shot, vendors, lr, probe_scale,
-                    unit, records, outliers, augment, balanced, baseline, eval_every, eval_samples, log_every, seed,
+                    unit, records, outliers, augment, balanced, baseline, attribution, eval_every, eval_samples,
+                    log_every, seed,
                     device, data_dir, log, plot, save, checkpoint_every, resume, json_out, quiet, mlflow)
 
     command.__doc__ = doc

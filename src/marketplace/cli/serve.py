@@ -35,6 +35,9 @@ def serve(
     learning: bool = typer.Option(True, help="--no-learning: plain inference with the base weights"),
     baseline: bool = typer.Option(False, help="answer with the base weights; learn from each path's loss minus "
                                   "theirs (one more forward per batch)"),
+    attribution: str = typer.Option("zscore", help="how a step's losses are scored: zscore (V2, as published) or "
+                                    "rank (centred ranks: one record, however extreme its loss, moves an update "
+                                    "no more than any other)"),
     balanced: bool = typer.Option(True, "--balanced/--independent", help="spread each served batch evenly over "
                                   "the vendors (no padding) or draw every path independently"),
     max_batch: int = typer.Option(512, help="inputs per batched forward"),
@@ -57,10 +60,11 @@ def serve(
     if threads:
         torch.set_num_threads(threads)
     secret, made_up = resolve_token(token)
-    store = store or default_store(checkpoint, baseline, classes)
+    store = store or default_store(checkpoint, baseline, classes, attribution)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
                           vendors=ints(vendors, "--vendors") if vendors else None,
-                          learning=learning, baseline=baseline, balanced=balanced, store=store,
+                          learning=learning, baseline=baseline, attribution=attribution, balanced=balanced,
+                          store=store,
                           checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, protect_predict=protect_predict, device=device)
@@ -77,7 +81,8 @@ def serve(
                 timeout_graceful_shutdown=10)
 
 
-def default_store(checkpoint: str, baseline: bool = False, classes: int | None = None) -> str:
+def default_store(checkpoint: str, baseline: bool = False, classes: int | None = None,
+                  attribution: str = "zscore") -> str:
     """runs/server/NAME-HASH[-Nclasses][-baseline]: a store of its own for each starting point.
 
     A store remembers the weights (and head width, and baseline setting) it
@@ -87,4 +92,4 @@ def default_store(checkpoint: str, baseline: bool = False, classes: int | None =
     path = Path(checkpoint)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"
     return (f"runs/server/{path.stem}-{digest}" + (f"-{classes}classes" if classes else "")
-            + ("-baseline" if baseline else ""))
+            + ("-baseline" if baseline else "") + ("" if attribution == "zscore" else f"-{attribution}"))

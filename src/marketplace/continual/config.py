@@ -9,7 +9,7 @@ from ..errors import MarketplaceError
 
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "probe_scale", "unit",
-                   "records", "outliers", "augment", "balanced", "baseline", "seed")
+                   "records", "outliers", "augment", "balanced", "baseline", "attribution", "seed")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class ContinualConfig:
     augment: bool = False  # shift the old images by up to 2 px
     balanced: bool = False
     baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
+    attribution: str = "zscore"  # "rank": centred ranks instead of z-scores (bounded influence per record)
     eval_every: int = 500
     eval_samples: int = 2000  # old-class validation images at each validation (the summary uses all of them)
     log_every: int = 50  # learning accuracy is logged as the mean over this many steps
@@ -57,6 +58,8 @@ class ContinualConfig:
             raise MarketplaceError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
         if self.steps < 1 or self.old_per_step < 0 or self.new_per_step < 0 or self.old_per_step + self.new_per_step < 2:
             raise MarketplaceError("need steps >= 1 and at least 2 images per step")
+        if self.attribution not in ("zscore", "rank"):
+            raise MarketplaceError(f"attribution must be 'zscore' or 'rank', got {self.attribution!r}")
         if self.unit not in ("spec", "model"):
             raise MarketplaceError(f"unit must be 'spec' or 'model', got {self.unit!r}")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):

@@ -173,13 +173,13 @@ class RateOptimizer(MarketOptimizer):
 
     def __init__(self, market: Market, lr: float | Sequence[float], lr_decay: float | None = None, seed: int = 0,
                  cache_deltas: bool = True, on_nonfinite: str = "raise", *, probe_scale: float = 1.0,
-                 per_spec: bool = True, decay: float | None = None):
+                 per_spec: bool = True, decay: float | None = None, attribution: str = "zscore"):
         check_market(market)
         name, lr_decay = renamed("lr_decay", lr_decay, "decay", decay, 0.0)
         self.lr_decay = check_fraction(name, lr_decay)
         self._lr = check_per_spec("learning rate", lr, market.depth, "rates")
         estimator = ForwardGradient(market, rates=lambda: self._lr, probe_scale=probe_scale, per_spec=per_spec,
-                                    seed=check_seed(seed), cache_deltas=cache_deltas)
+                                    seed=check_seed(seed), cache_deltas=cache_deltas, attribution=attribution)
         super().__init__(estimator, on_nonfinite)
 
     @property

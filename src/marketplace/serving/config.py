@@ -42,6 +42,7 @@ class ServerConfig:
     vendors: tuple[int, ...] | None = None  # the served market's vendor counts (None: the checkpoint's)
     learning: bool = True
     baseline: bool = False
+    attribution: str = "zscore"  # "rank": centred ranks bound each record's influence on an update
     balanced: bool = True
     store: str = "runs/server"
     checkpoint_every: int = 10
@@ -62,6 +63,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if self.attribution not in ("zscore", "rank"):
+            raise MarketplaceError(f"--attribution must be 'zscore' or 'rank', got {self.attribution!r}")
         if self.unit not in ("spec", "model"):
             raise MarketplaceError(f"--unit must be 'spec' or 'model', got {self.unit!r}")
         for name in ("checkpoint_every", "keep_served", "max_batch", "max_request", "max_records", "max_body"):

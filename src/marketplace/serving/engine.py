@@ -72,7 +72,7 @@ class Engine:
         self.input_shape, self.model, self.pixels = tuple(input_shape), model, pixels
         # A non-finite loss skips its update rather than raising: a stored record must never stop recovery.
         optimizer = V2(market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
-                       decay=0.0, seed=config.seed, on_nonfinite="skip")
+                       decay=0.0, seed=config.seed, on_nonfinite="skip", attribution=config.attribution)
         self.learner = ContinualLearner(optimizer, records=config.records, path_seed=config.seed,
                                         baseline=config.baseline, balanced=config.balanced)
         self.lock = threading.RLock()
@@ -105,6 +105,14 @@ class Engine:
         elif stored != baseline:
             raise MarketplaceError(f"the store {root} was made with the baseline {stored}, not {baseline}: "
                                    "start with the same --baseline setting or pick another --store")
+        stored = self.store.get_meta("attribution")
+        if stored is None:  # a new store, or one made before the option (those learned with z-scores)
+            stored = "zscore" if self.store.last_seq() else self.config.attribution
+            self.store.set_meta("attribution", stored)
+        if stored != self.config.attribution:
+            raise MarketplaceError(f"the store {root} learns with the {stored} attribution, not "
+                                   f"{self.config.attribution}: start with the same --attribution or pick another "
+                                   "--store")
         if (root / LEARNER_FILE).exists():
             self._load(root / LEARNER_FILE)
         self._replay()
