@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -44,7 +45,12 @@ def serve(
     batch_window_ms: float = typer.Option(2.0, help="how long a forward waits for more requests"),
     max_request: int = typer.Option(512, help="inputs per predict request"),
     max_body: int = typer.Option(16 * 2**20, help="bytes per request body"),
-    token: Optional[str] = typer.Option(None, help="secret for feedback, report and admin [env: MARKETPLACE_TOKEN]"),
+    token: Optional[str] = typer.Option(None, help="shared secret for feedback, report and admin; prefer "
+                                        "$MARKETPLACE_TOKEN or --tokens-file (a command line is visible to every "
+                                        "local user) [env: MARKETPLACE_TOKEN]"),
+    tokens_file: Optional[str] = typer.Option(None, envvar="MARKETPLACE_TOKENS_FILE",
+                                              help="named clients, 'NAME TOKEN' per line; edits (a new client, a "
+                                                   "revoked one) apply without a restart"),
     protect_predict: bool = typer.Option(False, help="require the token on predict too"),
     device: str = typer.Option("cpu"),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
@@ -55,11 +61,14 @@ def serve(
     import uvicorn
 
     from ..serving import ServerConfig, create_app, engine_from_checkpoint
-    from ..serving.auth import resolve_token
+    from ..serving.auth import ENV_TOKEN, resolve_token
 
     if threads:
         torch.set_num_threads(threads)
-    secret, made_up = resolve_token(token)
+    if tokens_file and not (token or os.environ.get(ENV_TOKEN)):
+        secret, made_up = "", False  # only the named clients of the file
+    else:
+        secret, made_up = resolve_token(token)
     store = store or default_store(checkpoint, baseline, classes, attribution)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
                           vendors=ints(vendors, "--vendors") if vendors else None,
@@ -67,7 +76,7 @@ def serve(
                           store=store,
                           checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
-                          token=secret, protect_predict=protect_predict, device=device)
+                          token=secret, tokens_file=tokens_file, protect_predict=protect_predict, device=device)
     engine = engine_from_checkpoint(checkpoint, config)
     status, model = engine.status(), engine.model
     print(f"marketplace serve: http://{host}:{port} step {status['step']} "

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..errors import MarketplaceError
-from .auth import check_token
+from .auth import Tokens
 from .batcher import MicroBatcher
 from .engine import Engine, RequestError
 from .metrics import Metrics
@@ -131,8 +131,10 @@ def create_app(engine: Engine) -> FastAPI:
         log.exception("internal error on %s", request.url.path)
         return _error(500, f"internal error: {type(e).__name__}")
 
+    tokens = Tokens(config.token, config.tokens_file)
+
     def guard(request: Request) -> None:
-        check_token(request.headers, config.token)
+        request.state.client = tokens.check(request.headers)
 
     @app.post("/v1/predict")
     async def predict(request: Request):

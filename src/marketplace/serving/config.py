@@ -53,6 +53,7 @@ class ServerConfig:
     max_records: int = 8192
     max_body: int = 16 * 2**20
     token: str = ""
+    tokens_file: str | None = None  # NAME TOKEN per line, read again when it changes (`serving.auth.Tokens`)
     protect_predict: bool = False
     device: str = "cpu"
 
@@ -74,7 +75,7 @@ class ServerConfig:
             raise MarketplaceError(f"--batch-window-ms must lie in [0, 1000], got {self.batch_window_ms}")
         if self.max_request > self.max_batch:
             raise MarketplaceError(f"--max-request ({self.max_request}) cannot exceed --max-batch ({self.max_batch})")
-        if not self.token:
-            raise MarketplaceError("the server needs a token (--token or $MARKETPLACE_TOKEN)")
+        if not self.token and not self.tokens_file:
+            raise MarketplaceError("the server needs a token (--token, $MARKETPLACE_TOKEN or a tokens file)")
         if Path(self.store).exists() and not Path(self.store).is_dir():
             raise MarketplaceError(f"--store {self.store} is a file; it must be a directory (or not exist yet)")
