@@ -127,3 +127,12 @@ class StopAt(Hook):
     def on_step(self, metrics):
         if metrics["step"] >= self.step:
             raise StopAt.Crash(f"stopped at step {metrics['step']}")
+
+
+def no9_base(monkeypatch, capsys, data_dir, path):
+    """A digits-0-8 base (9 left out of the loss) from one training step of a 2x2x2 market: cheap mechanics."""
+    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
+                             "--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
+                             "--data-dir", data_dir, "--checkpoint", path)
+    assert code == 0, err
+    return path

@@ -8,7 +8,7 @@ import torch
 
 from marketplace import Market
 
-from helpers import last_json, run_cli
+from helpers import last_json, no9_base, run_cli
 
 def test_widening_the_head_keeps_every_old_prediction():
     from marketplace.continual.pretrain import widen_head
@@ -80,10 +80,7 @@ def test_experiment_script_runs_and_writes_results(monkeypatch, capsys, small_da
     from pathlib import Path
 
     base = tmp_path / "no9.safetensors"
-    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
-                             "--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
-                             "--data-dir", small_data, "--checkpoint", base)
-    assert code == 0, err
+    no9_base(monkeypatch, capsys, small_data, base)
     path = Path(__file__).resolve().parents[2] / "experiments" / "continual_nine.py"
     spec = util.spec_from_file_location("continual_nine", path)
     script = util.module_from_spec(spec)

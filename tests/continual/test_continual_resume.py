@@ -18,7 +18,7 @@ from marketplace.continual.experiment import ContinualRun, run_experiment
 from marketplace.continual.report import PrintProgress, read_log
 from marketplace.training import JsonLog, load_checkpoint
 
-from helpers import run_cli
+from helpers import no9_base
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,10 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def base(monkeypatch, capsys, small_data, tmp_path):
     """A digits-0-8 base made by one training step of a 2x2x2 market (cheap; only the mechanics matter)."""
     path = tmp_path / "no9.safetensors"
-    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
-                             "--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
-                             "--data-dir", small_data, "--checkpoint", path)
-    assert code == 0, err
+    no9_base(monkeypatch, capsys, small_data, path)
     return path
 
 

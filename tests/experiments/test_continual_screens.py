@@ -3,7 +3,7 @@
 import importlib.util
 from pathlib import Path
 
-from helpers import run_cli
+from helpers import no9_base
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "continual_screens.py"
 
@@ -17,10 +17,7 @@ def load_script():
 
 def test_screens_write_an_ablation_table_and_skip_finished_variants(monkeypatch, capsys, small_data, tmp_path):
     base = tmp_path / "no9.safetensors"
-    code, out, err = run_cli(monkeypatch, capsys, "continual", "pretrain", "--exclude", "9", "--vendors", "2,2,2",
-                             "--steps", "1", "--batch", "8", "--eval-samples", "50", "--device", "cpu", "--quiet",
-                             "--data-dir", small_data, "--checkpoint", base)
-    assert code == 0, err
+    no9_base(monkeypatch, capsys, small_data, base)
     screens = load_script()
     args = ["nine", "--checkpoint", str(base), "--steps", "2", "--variants", "baseline", "--eval-every", "1",
             "--eval-samples", "40", "--data-dir", str(small_data), "--out", str(tmp_path / "screens")]
