@@ -12,7 +12,9 @@ inference is `market(x)`, the base weights on the same 256 images. Variants:
 - `serve`: random-path inference only (`learner.infer`), no learning;
 - `step`: the continual step;
 - `step --baseline`: the step with the base weights run too (the answer is
-  theirs, records learn from path loss minus base loss).
+  theirs, records learn from path loss minus base loss);
+- `step --balanced`: the step with balanced paths (each request's vendor
+  still uniform, the vendors spread evenly over the batch: no padding).
 
 The variants run interleaved, round by round, so a busy machine slows them
 alike; the table gives the median time per call and its ratio to plain
@@ -42,7 +44,7 @@ from marketplace.optim import V2
 
 from benchmarks.serving import timed  # noqa: E402
 
-TARGETS = {"step": 1.25, "step --baseline": 2.25}
+TARGETS = {"step": 1.25, "step --baseline": 2.25, "step --balanced": 1.25}
 
 
 def stream_batch(device: torch.device, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,23 +55,26 @@ def stream_batch(device: torch.device, data_dir: str | None) -> tuple[torch.Tens
     return torch.cat([x[:240], dress]), torch.cat([y[:240], torch.full((16,), 3, device=device)])
 
 
-def learner(market: Market, baseline: bool) -> ContinualLearner:
+def learner(market: Market, baseline: bool, balanced: bool = False) -> ContinualLearner:
     opt = V2(market, lr=1e-2, probe_scale=1.0, per_spec=False, decay=0.0, seed=0)
-    return ContinualLearner(opt, records=256, path_seed=0, baseline=baseline)
+    return ContinualLearner(opt, records=256, path_seed=0, baseline=baseline, balanced=balanced)
 
 
 def bench(device: torch.device, rounds: int, calls: int, data_dir: str | None) -> dict[str, list[float]]:
     torch.manual_seed(0)
     x, y = stream_batch(device, data_dir)
     plain_market = Market(beautiful_mnist(), [4, 4, 4]).to(device)
-    markets = {name: Market(beautiful_mnist(), [4, 4, 4]).to(device) for name in ("serve", "step", "baseline")}
+    markets = {name: Market(beautiful_mnist(), [4, 4, 4]).to(device)
+               for name in ("serve", "step", "baseline", "balanced")}
     learners = {"serve": learner(markets["serve"], False), "step": learner(markets["step"], False),
-                "step --baseline": learner(markets["baseline"], True)}
+                "step --baseline": learner(markets["baseline"], True),
+                "step --balanced": learner(markets["balanced"], False, balanced=True)}
     variants = {
         "plain": lambda: torch.no_grad()(plain_market)(x),
         "serve": lambda: learners["serve"].infer(x),
         "step": lambda: learners["step"].serve(x, labels=y),
         "step --baseline": lambda: learners["step --baseline"].serve(x, labels=y),
+        "step --balanced": lambda: learners["step --balanced"].serve(x, labels=y),
     }
     for fn in variants.values():  # warm up: allocator, first-call costs
         for _ in range(3):
