@@ -47,3 +47,21 @@ def test_tokens_file_mistakes_are_one_line_errors(tmp_path):
         auth.Tokens(path=tmp_path / "missing")
     with pytest.raises(MarketplaceError, match="needs a token"):
         ServerConfig().validate()
+
+
+def test_a_client_may_send_at_most_its_share_of_records_per_step(tmp_path):
+    from marketplace.errors import RequestError
+
+    torch.manual_seed(0)
+    config = ServerConfig(records=4, store=str(tmp_path / "store"), token="t", client_records=2)
+    engine = engine_from_market(Market(mlp([6, 5, 3]), [2, 2]), config, (6,))
+    report = lambda client, n: engine.report([engine.step] * n, torch.zeros(n, 2, dtype=torch.int64),
+                                             torch.arange(n, dtype=torch.float32), client=client)
+    report("alice", 2)
+    with pytest.raises(RequestError) as refused:
+        report("alice", 1)
+    assert refused.value.status == 429 and "'alice' has sent 2 records in step 0" in str(refused.value)
+    assert engine.status()["stored_records"] == 2  # the refused record was not stored
+    assert report("bob", 2)["updates"] == 1  # K = 4 records: an update, and a new step
+    assert report("alice", 2)["step"] == 1  # a new step: a new share
+    engine.close()

@@ -52,6 +52,8 @@ def serve(
                                               help="named clients, 'NAME TOKEN' per line; edits (a new client, a "
                                                    "revoked one) apply without a restart"),
     protect_predict: bool = typer.Option(False, help="require the token on predict too"),
+    client_records: Optional[int] = typer.Option(None, help="records one client (one token) may send per step; "
+                                                 "more is refused with 429 (default: no cap)"),
     device: str = typer.Option("cpu"),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
     log_level: str = typer.Option("warning", help="uvicorn's log level"),
@@ -76,7 +78,8 @@ def serve(
                           store=store,
                           checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
-                          token=secret, tokens_file=tokens_file, protect_predict=protect_predict, device=device)
+                          token=secret, tokens_file=tokens_file, protect_predict=protect_predict,
+                          client_records=client_records, device=device)
     engine = engine_from_checkpoint(checkpoint, config)
     status, model = engine.status(), engine.model
     print(f"marketplace serve: http://{host}:{port} step {status['step']} "

@@ -158,14 +158,16 @@ def create_app(engine: Engine) -> FastAPI:
     async def feedback(request: Request):
         guard(request)
         items = parse_list(FEEDBACK, await request.body(), "feedback", config.max_records)
-        return await on_engine(engine.feedback, [i.id for i in items], [i.label for i in items])
+        return await on_engine(engine.feedback, [i.id for i in items], [i.label for i in items],
+                               request.state.client)
 
     @app.post("/v1/report")
     async def report(request: Request):
         guard(request)
         items = parse_list(REPORT, await request.body(), "report", config.max_records)
         losses = torch.tensor([item.loss for item in items], dtype=torch.float64)
-        return await on_engine(engine.report, [item.step for item in items], [item.path for item in items], losses)
+        return await on_engine(engine.report, [item.step for item in items], [item.path for item in items], losses,
+                               request.state.client)
 
     @app.get("/v1/market")
     async def market(request: Request):

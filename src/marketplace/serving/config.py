@@ -53,6 +53,7 @@ class ServerConfig:
     max_records: int = 8192
     max_body: int = 16 * 2**20
     token: str = ""
+    client_records: int | None = None  # records one client may send per step (None: no cap)
     tokens_file: str | None = None  # NAME TOKEN per line, read again when it changes (`serving.auth.Tokens`)
     protect_predict: bool = False
     device: str = "cpu"
@@ -64,6 +65,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if self.client_records is not None and self.client_records < 1:
+            raise MarketplaceError(f"--client-records must be >= 1, got {self.client_records}")
         if self.attribution not in ("zscore", "rank"):
             raise MarketplaceError(f"--attribution must be 'zscore' or 'rank', got {self.attribution!r}")
         if self.unit not in ("spec", "model"):

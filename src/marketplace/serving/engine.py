@@ -79,6 +79,7 @@ class Engine:
         self.started = time.time()
         self.applied_seq, self.last_served_id, self.replayed = 0, -1, 0
         self._weights: tuple[int, bytes] | None = None
+        self._charged_step, self._charged = -1, {}  # records per client in the current step
         self.store: Store | None = None
         if config.learning:
             self._open_store()
@@ -172,7 +173,23 @@ class Engine:
                 self._prune()
             return Answer(ids, out.paths, out.step, logits=out.logits)
 
-    def feedback(self, ids: list[int], labels: list[int]) -> dict[str, int]:
+    def _charge(self, client: str, n: int) -> None:
+        """Count `n` records against `client`'s share of this step; a 429 past `config.client_records`.
+
+        The counts start again at every step and are not stored: a restart forgets them.
+        """
+        cap = self.config.client_records
+        if cap is None:
+            return
+        if self._charged_step != self.step:
+            self._charged_step, self._charged = self.step, {}
+        used = self._charged.get(client, 0)
+        if used + n > cap:
+            raise RequestError(f"client {client!r} has sent {used} records in step {self.step}; at most {cap} "
+                               "per client and step", 429)
+        self._charged[client] = used + n
+
+    def feedback(self, ids: list[int], labels: list[int], client: str = "default") -> dict[str, int]:
         """Labels for served requests: losses from their stored logits, stored, then learned from."""
         with self.lock:
             self._require_learning()
@@ -189,6 +206,7 @@ class Engine:
             bad = [y for y in labels if not 0 <= y < classes]
             if bad:
                 raise RequestError(f"labels must lie in [0, {classes}), got {bad[:5]}")
+            self._charge(client, len(ids))
             live = [k for k, i in enumerate(ids) if i in rows]
             # a row pruned since: stored with step -1 and path 0 (its loss unused), so it counts stale, live or replayed
             steps, losses = [-1] * len(ids), torch.zeros(len(ids))
@@ -204,7 +222,7 @@ class Engine:
             seqs = self.store.add_records("feedback", steps, paths, losses, ids, labels)
             return self._learn(seqs, steps, paths, losses)
 
-    def report(self, steps: list[int], paths, losses: torch.Tensor) -> dict[str, int]:
+    def report(self, steps: list[int], paths, losses: torch.Tensor, client: str = "default") -> dict[str, int]:
         """(step, path, loss) computed by clients on their own data: stored, then learned from.
 
         paths: [n, N] vendor indices (a tensor or lists), checked here, once.
@@ -221,6 +239,7 @@ class Engine:
             if all(s < self.step for s in steps):  # nothing is stored, so nothing is counted
                 raise RequestError(f"step {max(steps)} is superseded (the current step is {self.step}): "
                                    "fetch /v1/market and compute the losses again", 409)
+            self._charge(client, len(steps))
             losses = losses.float()  # what is stored is what is learned from, live or replayed
             seqs = self.store.add_records("report", steps, paths, losses)
             return self._learn(seqs, steps, paths, losses)
