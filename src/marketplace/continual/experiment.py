@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..errors import MarketplaceError
+from ..errors import CheckpointError, MarketplaceError
 from ..machine import machine_name, resolve_device
 from ..market import Market
 from ..optim import V2
 from ..rng import derive_seeds
 from ..training import Hook, accuracy, load_checkpoint, save_checkpoint
-from ..training.checkpoint import CheckpointError
 from . import dress, dress_class10, nine
 from .config import ContinualConfig
 from .learner import ContinualLearner
@@ -100,8 +100,6 @@ class ContinualRun:
 
     def _restore(self) -> None:
         """Continue from `config.save` when it exists (a fresh run otherwise, said by the first line)."""
-        from pathlib import Path
-
         path = self.config.save
         if not Path(path).exists():
             return
