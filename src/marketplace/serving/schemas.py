@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated
 
 import numpy as np
@@ -22,6 +23,8 @@ _DTYPES = {"uint8": np.uint8, "float32": np.float32}
 MAX_DEPTH = 8  # nesting of a JSON body: {"inputs": [B][C][H][W]} needs 5
 MAX_DIMS = 8  # dimensions of a raw input's X-Shape
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')  # JSON strings, escapes included: brackets inside them do not nest
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 # Integers are bounded where they are read, before SQLite (64-bit) or torch (int64 indices) see them.
 Id = Annotated[StrictInt, Field(ge=0, lt=2**63)]
@@ -44,24 +47,18 @@ class ReportItem(BaseModel):
 
 
 def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
-    """Refuse JSON nested deeper than `limit` before parsing it (a deep body would exhaust the parser's stack)."""
-    depth, in_string, escaped = 0, False, False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                raise RequestError(f"the JSON body is nested deeper than {limit} levels")
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
+    """Refuse JSON nested deeper than `limit` before parsing it (a deep body would exhaust the parser's stack).
+
+    Vectorised: strings are cut out, then the depth is a running sum over the brackets left, so checking
+    a predict body costs a few milliseconds, not a Python loop over every byte.
+    """
+    brackets = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= limit:
+        return
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    depth = np.cumsum(np.where((codes == 0x5B) | (codes == 0x7B), 1, -1))
+    if int(depth.max()) > limit:
+        raise RequestError(f"the JSON body is nested deeper than {limit} levels")
 
 
 FEEDBACK = TypeAdapter(list[FeedbackItem])
