@@ -16,6 +16,7 @@ from typing import Callable, List, Optional
 
 import typer
 
+from marketplace.cli import run
 from marketplace.cli.parse import floats, fresh_dir
 from marketplace.errors import MarketplaceError
 
@@ -119,14 +120,7 @@ def main(command: Callable, argv: list[str] | None = None) -> None:
     """Run `command` (`experiment` or `plot`) on `argv`; a user's mistake prints one line and exits 2."""
     app = typer.Typer(add_completion=False)
     app.command()(command)
-    try:
-        app(args=sys.argv[1:] if argv is None else argv, prog_name=sys.argv[0])
-    except (MarketplaceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    run(app, args=sys.argv[1:] if argv is None else argv, prog_name=sys.argv[0])
 
 
 def run_script(name: str, argv: list[str]) -> None:

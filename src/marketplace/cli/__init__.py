@@ -33,14 +33,15 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
 from . import train, cost, continual, distributed, serve, align  # noqa: E402,F401  isort: skip
 
 
-def main() -> None:
-    """Entry point: a user's mistake prints one line, not a traceback.
+def run(typer_app: typer.Typer, **kwargs) -> None:
+    """Run a Typer app so that a user's mistake prints one line, not a traceback.
 
     click reports its own usage errors (exit 2); the library's errors on bad
     input (MarketplaceError, and ValueError from argument checks) surface here.
+    kwargs go to the app (e.g. args=, prog_name=).
     """
     try:
-        app()
+        typer_app(**kwargs)
     except (MarketplaceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -48,3 +49,7 @@ def main() -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 
+
+def main() -> None:
+    """Entry point of the `marketplace` command."""
+    run(app)
