@@ -32,6 +32,9 @@ VARIANTS: dict[str, dict] = {
     "lr 3e-2": {"lr": 3e-2, "probe_scale": 1 / 3},  # larger steps, the same probe width
     "lr 1e-1": {"lr": 1e-1, "probe_scale": 0.1},
     "baseline, lr 3e-2": {"baseline": True, "lr": 3e-2, "probe_scale": 1 / 3},
+    "baseline, lr 1e-1": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1},
+    "baseline, vendors 4x4x16": {"baseline": True, "vendors": (4, 4, 16)},
+    "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},
     "rank attribution": {"attribution": "rank"},  # centred ranks: no record outweighs another
