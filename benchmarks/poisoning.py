@@ -12,11 +12,17 @@ path from `predict`, computes the path's loss on its own label and sends
 (step, path, loss) with `report`, under its own name. An adversarial client
 sends losses of one kind instead:
 
-- inverted: 5 - loss (clipped at 0): bad paths look good;
+- inverted: each loss mirrored within the range of the batch's true ones: bad paths look good;
 - zero: 0 for every path: every path it saw looks perfect;
 - huge: the largest finite float32 (3.4e38), trying to swamp the step;
 - targeted: 0 for paths through vendor 1 of the last spec, 10 for the rest,
   pushing the update towards that vendor.
+
+By default the server runs with a baseline: every answer is the base
+weights', and a client reports its path's loss minus the base weights' loss
+on the same example (what `PrivateClient` sends to such a server), so the
+served accuracy of a learning server and of a frozen one compare directly.
+`--no-baseline` serves along the random paths instead.
 
 Each condition is the server's own learning logic (`serving.Engine`, with its
 store on disk) driven in process: HTTP adds nothing to what is learned
@@ -45,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.server_drift import rotate  # noqa: E402
 from marketplace import data  # noqa: E402
+from marketplace.continual.serving import serve  # noqa: E402
 from marketplace.io import write_atomic, write_json  # noqa: E402
 from marketplace.machine import machine_summary  # noqa: E402
 from marketplace.serving.config import ServerConfig  # noqa: E402
@@ -58,8 +65,8 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 def adversarial(kind: str, losses: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
     """What an adversarial client reports instead of the true losses [n] of its paths [n, N]."""
-    if kind == "inverted":
-        return (5.0 - losses).clamp(min=0.0)
+    if kind == "inverted":  # mirrored within the client's own range: nothing out of the ordinary to spot
+        return losses.max() + losses.min() - losses
     if kind == "zero":
         return torch.zeros_like(losses)
     if kind == "huge":
@@ -77,7 +84,8 @@ def run_condition(args, stream, test, attribution: str, kind: str | None, fracti
     picker = torch.Generator().manual_seed(args.seed + 1)
     with tempfile.TemporaryDirectory() as store:
         config = ServerConfig(records=args.records, lr=args.lr, probe_scale=args.probe_scale, seed=args.seed,
-                              attribution=attribution, learning=learning, store=store, token="bench",
+                              attribution=attribution, learning=learning, baseline=args.baseline and learning,
+                              store=store, token="bench",
                               checkpoint_every=10_000, device="cpu")
         engine = engine_from_checkpoint(args.checkpoint, config)
         hits, windows, refused, start = [], [], 0, time.perf_counter()
@@ -89,8 +97,11 @@ def run_condition(args, stream, test, attribution: str, kind: str | None, fracti
             hits.append(int((logits.argmax(1) == y).sum()))
             if learning:
                 client = int(torch.randint(CLIENTS, (1,), generator=picker))
-                losses = F.cross_entropy(logits, y, reduction="none")
                 paths = answer.paths
+                losses = F.cross_entropy(logits, y, reduction="none")
+                if args.baseline:  # the answer was the base weights': the client runs the path itself
+                    path_logits = serve(engine.market, engine.learner.vendors, x, paths=paths).logits.float()
+                    losses = F.cross_entropy(path_logits, y, reduction="none") - losses
                 if client in bad:
                     losses = adversarial(kind, losses, paths)
                 try:
@@ -124,7 +135,9 @@ def markdown(r: dict) -> str:
              f"Machine: {r['machine']}. Checkpoint: {r['checkpoint']}. Stream: {r['requests']} MNIST training "
              f"images in batches of {r['batch']}, rotated by +{r['drift_deg_per_1000']} degrees per 1,000 requests, "
              f"shared by {CLIENTS} clients in privacy mode (step, path, loss); an update every {r['records']} "
-             f"records, lr {r['lr']}, probe scale {r['probe_scale']}, whole-model unit vector. Figures count "
+             f"records, lr {r['lr']}, probe scale {r['probe_scale']}, whole-model unit vector, "
+             f"{'answers from the base weights (baseline)' if r['baseline'] else 'answers along random paths'}. "
+             f"Test: the first {r['test']} test images at the final angle. Figures count "
              "requests, not seconds.", "",
              f"Learning off: {off['second_half']:.1f}% over the second half of the stream, "
              f"{off['test_final_angle']:.1f}% on held-out images at the final angle.", "",
@@ -148,10 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--drift", type=float, default=1.5, help="degrees of rotation per 1,000 requests")
     p.add_argument("--batch", type=int, default=32, help="requests per predict (one client's batch)")
     p.add_argument("--records", type=int, default=160, help="K, records per update")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.15)
     p.add_argument("--probe-scale", type=float, default=0.3)
     p.add_argument("--window", type=int, default=5000)
-    p.add_argument("--test", type=int, default=2000, help="held-out test images at the end")
+    p.add_argument("--test", type=int, default=10_000, help="held-out test images at the end")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="answer with the base weights; clients report path loss minus base loss (default on)")
     p.add_argument("--attributions", default="zscore,rank")
     p.add_argument("--adversaries", default="inverted,zero,huge,targeted")
     p.add_argument("--fractions", default="0.1,0.3")
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
                 plan.append((attribution, kind, fraction, True))
     result = {"machine": machine_summary(), "checkpoint": Path(args.checkpoint).name, "requests": args.requests,
               "batch": args.batch, "drift_deg_per_1000": args.drift, "records": args.records, "lr": args.lr,
-              "probe_scale": args.probe_scale, "clients": CLIENTS, "test": args.test, "conditions": []}
+              "probe_scale": args.probe_scale, "baseline": args.baseline, "clients": CLIENTS, "test": args.test, "conditions": []}
     for i, (attribution, kind, fraction, learning) in enumerate(plan):
         c = run_condition(args, stream, test, attribution, kind, fraction, learning)
         result["conditions"].append(c)

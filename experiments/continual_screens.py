@@ -48,7 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("experiment", choices=["dress", "dress-class10", "nine"])
     p.add_argument("--checkpoint", required=True, help="the base every variant starts from")
     p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names (default: all)")
+    p.add_argument("--variants", default=";".join(VARIANTS),
+                   help="names separated by ';' (names hold commas; default: all)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--few-shot", action="store_true", help="every variant on the published few-shot sampling")
@@ -89,7 +90,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(argv)
-    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    names = [n.strip() for n in args.variants.split(";") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"error: unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
