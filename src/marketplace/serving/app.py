@@ -4,9 +4,9 @@
 every forward, record and update in order (a single-worker executor);
 predict requests reach it through the micro-batcher, never one forward per
 request. Every refusal is a 4xx JSON `{"error": "one line"}`; the server
-keeps serving. Each request is checked at the edge, in this order: its body's
-size (`BodyLimit`), its token, its client's rate (`limits.RateLimiter`),
-then its content.
+keeps serving. Each request is checked at the edge, in this order: its head
+(`protocol.HeadLimit`), its body's size (`BodyLimit`), its token, its
+client's rate (`limits.RateLimiter`), then its content.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .batcher import MicroBatcher
 from .limits import ANONYMOUS, RateLimited, RateLimiter
 from .engine import Engine, RequestError
 from .metrics import Metrics
+from .protocol import HeadLimit
 from .schemas import FEEDBACK, REPORT, check_inputs, decode_json, decode_raw, normalize_pixels, parse_list
 
 log = logging.getLogger("marketplace.server")
@@ -217,4 +218,5 @@ def create_app(engine: Engine) -> FastAPI:
         raise RequestError(f"no such endpoint: /{shown}", 404)
 
     app.add_middleware(BodyLimit, limit=config.max_body)
+    app.add_middleware(HeadLimit, limit=config.max_head)  # added last: runs first
     return app
