@@ -19,6 +19,8 @@ def test_a_missing_checkpoint_is_one_line(monkeypatch, capsys, tmp_path):
     (("--records", "1"), "--records"), (("--lr", "0"), "--lr"), (("--unit", "layer"), "--unit"),
     (("--max-request", "600"), "--max-request"), (("--batch-window-ms", "-1"), "--batch-window-ms"),
     (("--classes", "5"), "narrow"), (("--keep-served", "0"), "--keep-served"),
+    (("--client-rate", "-1"), "--client-rate"), (("--client-burst", "0"), "--client-burst"),
+    (("--max-head", "100"), "--max-head"),
 ])
 def test_bad_options_are_one_line(monkeypatch, capsys, tmp_path, checkpoint, args, hint):
     assert_user_error(*run_cli(monkeypatch, capsys, "serve", checkpoint, "--token", "t", "--store", tmp_path / "s",

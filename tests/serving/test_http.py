@@ -139,6 +139,12 @@ def test_status_and_prometheus_metrics(server, client):
     assert httpx.get(f"{server.url}/nowhere").status_code == 404
 
 
+def test_a_url_over_the_head_limit_is_a_json_414(server):
+    r = httpx.get(f"{server.url}/v1/status?{'q' * 20_000}")  # over the default 16 KiB head (the URL alone: 8 KiB)
+    assert r.status_code == 414 and "URL" in r.json()["error"] and len(r.content) < 200
+    assert httpx.get(f"{server.url}/v1/status").status_code == 200
+
+
 def test_the_server_listens_on_loopback_by_default(server):
     """No --host given: the listening socket is bound to 127.0.0.1 (read from /proc/net/tcp)."""
     from pathlib import Path

@@ -67,3 +67,27 @@ def test_pruning_forgets_superseded_steps_and_the_oldest_rows_and_ids_never_repe
     assert again.add_served(2, torch.zeros(5, 2, dtype=torch.int64), torch.randn(5, 4)) == [5, 6, 7, 8, 9]
     assert again.prune_served(step=2, keep=2) == 3  # the current step, but beyond the limit: the oldest go
     assert set(again.served(range(10))) == {8, 9}
+
+
+def test_records_name_their_client_and_a_store_from_before_clients_gains_the_column(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "old.sqlite3")  # the records table as stores before clients wrote it
+    old.execute("CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+                "request_id INTEGER UNIQUE, step INTEGER NOT NULL, path BLOB NOT NULL, loss REAL NOT NULL, "
+                "label INTEGER, time REAL NOT NULL)")
+    old.execute("INSERT INTO records (kind, request_id, step, path, loss, label, time) VALUES "
+                "('feedback', 4, 0, ?, 0.5, 1, 0.0)", (bytes(8),))
+    old.commit()
+    old.close()
+    store = Store(tmp_path / "old.sqlite3")
+    assert store.counts_by_client() == {None: {"feedback": 1, "report": 0}}
+    store.add_records("report", [0, 0], torch.zeros(2, 2, dtype=torch.int64), torch.tensor([1.0, 2.0]), client="alice")
+    store.add_records("feedback", [0], torch.zeros(1, 2, dtype=torch.int64), torch.tensor([1.0]), request_ids=[5],
+                      labels=[0], client="bob")
+    assert [(r.seq, r.loss) for r in store.records_after(0)] == [(1, 0.5), (2, 1.0), (3, 2.0), (4, 1.0)]
+    store.close()
+    again = Store(tmp_path / "old.sqlite3")  # the counts are the log's, not memory's
+    assert again.counts_by_client() == {None: {"feedback": 1, "report": 0}, "alice": {"feedback": 0, "report": 2},
+                                        "bob": {"feedback": 1, "report": 0}}
+    assert again.counts() == {"served": 0, "feedback": 2, "report": 2}

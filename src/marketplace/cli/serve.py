@@ -54,6 +54,13 @@ def serve(
     protect_predict: bool = typer.Option(False, help="require the token on predict too"),
     client_records: Optional[int] = typer.Option(None, help="records one client (one token) may send per step; "
                                                  "more is refused with 429 (default: no cap)"),
+    client_rate: float = typer.Option(0.0, help="requests per second per client (one token); predict requests "
+                                      "without a valid token share one allowance; more is refused with 429 and "
+                                      "Retry-After (0: no limit)"),
+    client_burst: Optional[int] = typer.Option(None, help="requests a client may send at once after a pause "
+                                               "(default: one second's worth of --client-rate)"),
+    max_head: int = typer.Option(16 * 2**10, help="bytes of a request's URL and headers together (the URL alone: "
+                                 "half); more is refused with 414 or 431"),
     device: str = typer.Option("cpu"),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
     log_level: str = typer.Option("warning", help="uvicorn's log level"),
@@ -64,6 +71,7 @@ def serve(
 
     from ..serving import ServerConfig, create_app, engine_from_checkpoint
     from ..serving.auth import ENV_TOKEN, resolve_token
+    from ..serving.protocol import uvicorn_options
 
     if threads:
         torch.set_num_threads(threads)
@@ -79,7 +87,8 @@ def serve(
                           checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
                           batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
                           token=secret, tokens_file=tokens_file, protect_predict=protect_predict,
-                          client_records=client_records, device=device)
+                          client_records=client_records, client_rate=client_rate, client_burst=client_burst,
+                          max_head=max_head, device=device)
     engine = engine_from_checkpoint(checkpoint, config)
     status, model = engine.status(), engine.model
     print(f"marketplace serve: http://{host}:{port} step {status['step']} "
@@ -90,7 +99,7 @@ def serve(
         print(f"token (made up for this run; set --token or $MARKETPLACE_TOKEN to choose one): {secret}",
               file=sys.stderr, flush=True)
     uvicorn.run(create_app(engine), host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, **uvicorn_options(config.max_head))
 
 
 def default_store(checkpoint: str, baseline: bool = False, classes: int | None = None,

@@ -4,7 +4,9 @@
 every forward, record and update in order (a single-worker executor);
 predict requests reach it through the micro-batcher, never one forward per
 request. Every refusal is a 4xx JSON `{"error": "one line"}`; the server
-keeps serving.
+keeps serving. Each request is checked at the edge, in this order: its head
+(`protocol.HeadLimit`), its body's size (`BodyLimit`), its token, its
+client's rate (`limits.RateLimiter`), then its content.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from starlette.exceptions import HTTPException
 from ..errors import MarketplaceError
 from .auth import Tokens
 from .batcher import MicroBatcher
+from .limits import ANONYMOUS, RateLimited, RateLimiter
 from .engine import Engine, RequestError
 from .metrics import Metrics
+from .protocol import HeadLimit
 from .schemas import FEEDBACK, REPORT, check_inputs, decode_json, decode_raw, normalize_pixels, parse_list
 
 log = logging.getLogger("marketplace.server")
@@ -112,6 +116,8 @@ def create_app(engine: Engine) -> FastAPI:
     @app.exception_handler(RequestError)
     async def refused(request, e: RequestError):
         headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        if isinstance(e, RateLimited):
+            headers = {"Retry-After": str(e.retry_after)}
         return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
 
     @app.exception_handler(MarketplaceError)
@@ -132,14 +138,19 @@ def create_app(engine: Engine) -> FastAPI:
         return _error(500, f"internal error: {type(e).__name__}")
 
     tokens = Tokens(config.token, config.tokens_file)
+    limiter = RateLimiter(config.client_rate, config.client_burst)
 
     def guard(request: Request) -> None:
+        """The token (401), then its client's rate (429), before the body is read."""
         request.state.client = tokens.check(request.headers)
+        limiter.take(request.state.client)
 
     @app.post("/v1/predict")
     async def predict(request: Request):
         if config.protect_predict:
             guard(request)
+        elif limiter.rate:  # a valid token draws on its client's bucket; anything else on the one shared bucket
+            limiter.take(tokens.identify(request.headers) or ANONYMOUS)
         body = await request.body()
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == RAW:
@@ -190,8 +201,12 @@ def create_app(engine: Engine) -> FastAPI:
         return {"step": engine.step, "path": None if path is None else str(path)}
 
     @app.get("/v1/status")
-    async def status():
-        return engine.status()
+    async def status(request: Request):
+        """Public; a valid token adds the records per client (client names are for token holders only)."""
+        answer = engine.status()
+        if tokens.identify(request.headers) is not None:
+            answer["records_by_client"] = await on_engine(engine.records_by_client)
+        return answer
 
     @app.get("/metrics")
     async def prometheus():
@@ -203,4 +218,5 @@ def create_app(engine: Engine) -> FastAPI:
         raise RequestError(f"no such endpoint: /{shown}", 404)
 
     app.add_middleware(BodyLimit, limit=config.max_body)
+    app.add_middleware(HeadLimit, limit=config.max_head)  # added last: runs first
     return app

@@ -91,8 +91,8 @@ class Tokens:
                 return  # a half-written edit: keep the clients of the last good version
             self._stamp = stamp
 
-    def check(self, headers) -> str:
-        """The name of the client the request's token belongs to; a 401 when it belongs to none."""
+    def identify(self, headers) -> str | None:
+        """The name of the client the request's token belongs to; None without a token or with an unknown one."""
         given = presented(headers)
         if given is not None:
             if self.token and hmac.compare_digest(given.encode(), self.token.encode()):
@@ -104,7 +104,14 @@ class Tokens:
                 for token, name in known.items():  # every entry compared, in constant time each
                     if hmac.compare_digest(given.encode(), token.encode()):
                         return name
-        raise RequestError("a valid token is required (Authorization: Bearer TOKEN)", 401)
+        return None
+
+    def check(self, headers) -> str:
+        """The name of the client the request's token belongs to; a 401 when it belongs to none."""
+        name = self.identify(headers)
+        if name is None:
+            raise RequestError("a valid token is required (Authorization: Bearer TOKEN)", 401)
+        return name
 
 
 def check_token(headers, token: str) -> None:

@@ -31,6 +31,12 @@ class ServerConfig:
     predict request; max_records: records in one feedback or report;
     max_body: bytes in one request body.
     protect_predict: require the token on predict too.
+    client_rate / client_burst: requests per second per client (0: no
+    limit) and the burst a client may send at once (None: one second's
+    worth); predict requests without a valid token share one bucket
+    (`serving.limits`). max_head: bytes of a request's URL and headers
+    together (the URL alone may take half); more is a JSON 414 or 431
+    (`serving.protocol`).
     """
 
     records: int = 256
@@ -56,6 +62,9 @@ class ServerConfig:
     client_records: int | None = None  # records one client may send per step (None: no cap)
     tokens_file: str | None = None  # NAME TOKEN per line, read again when it changes (`serving.auth.Tokens`)
     protect_predict: bool = False
+    client_rate: float = 0.0
+    client_burst: int | None = None
+    max_head: int = 16 * 2**10
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -67,6 +76,12 @@ class ServerConfig:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
         if self.client_records is not None and self.client_records < 1:
             raise MarketplaceError(f"--client-records must be >= 1, got {self.client_records}")
+        if not math.isfinite(self.client_rate) or self.client_rate < 0:
+            raise MarketplaceError(f"--client-rate must be a finite number >= 0 (0: no limit), got {self.client_rate}")
+        if self.client_burst is not None and self.client_burst < 1:
+            raise MarketplaceError(f"--client-burst must be >= 1, got {self.client_burst}")
+        if self.max_head < 1024:
+            raise MarketplaceError(f"--max-head must be >= 1024 bytes, got {self.max_head}")
         if self.attribution not in ("zscore", "rank"):
             raise MarketplaceError(f"--attribution must be 'zscore' or 'rank', got {self.attribution!r}")
         if self.unit not in ("spec", "model"):

@@ -219,7 +219,7 @@ class Engine:
                 paths[live] = torch.stack([r.path for r in kept])
                 for k, r in zip(live, kept):
                     steps[k] = r.step
-            seqs = self.store.add_records("feedback", steps, paths, losses, ids, labels)
+            seqs = self.store.add_records("feedback", steps, paths, losses, ids, labels, client=client)
             return self._learn(seqs, steps, paths, losses)
 
     def report(self, steps: list[int], paths, losses: torch.Tensor, client: str = "default") -> dict[str, int]:
@@ -241,7 +241,7 @@ class Engine:
                                    "fetch /v1/market and compute the losses again", 409)
             self._charge(client, len(steps))
             losses = losses.float()  # what is stored is what is learned from, live or replayed
-            seqs = self.store.add_records("report", steps, paths, losses)
+            seqs = self.store.add_records("report", steps, paths, losses, client=client)
             return self._learn(seqs, steps, paths, losses)
 
     def _learn(self, seqs: list[int], steps: list[int], paths: torch.Tensor, losses: torch.Tensor) -> dict[str, int]:
@@ -310,6 +310,13 @@ class Engine:
                 **stats, "replayed": self.replayed, "uptime_s": round(time.time() - self.started, 3),
                 # every stored record is counted once by the learner, as recorded or as stale
                 "stored_records": self.store.last_seq() if self.store is not None else 0}
+
+    def records_by_client(self) -> dict[str, Any]:
+        """Stored records per client name, and those of stores from before clients (for a token holder only)."""
+        counts = self.store.counts_by_client() if self.store is not None else {}
+        return {"clients": {name: n for name, n in sorted(counts.items(), key=lambda kv: str(kv[0]))
+                            if name is not None},
+                "unattributed": counts.get(None, {"feedback": 0, "report": 0})}
 
 
 def file_digest(path: str | Path) -> str:

@@ -4,7 +4,10 @@ Two tables. `served` holds what a later label needs: the step (the seeds)
 a request was served with, its path and its path's logits (and, for a
 learner with a baseline, the base weights' logits). `records` is the log
 the learner consumes, in `seq` order: one (step, path, loss) per
-acknowledged feedback or client report. The learner checkpoint names the
+acknowledged feedback or client report, with the name of the client (the
+token) that sent it, so one client's records can be counted, audited or
+removed later. Stores written before records had a client gain the column
+in place when opened; their records stay unattributed (NULL). The learner checkpoint names the
 last `seq` it had applied, so recovery replays exactly the records after it.
 
 Records are committed with `synchronous=FULL` (an acknowledged record
@@ -35,7 +38,8 @@ CREATE TABLE IF NOT EXISTS served (
     id INTEGER PRIMARY KEY, step INTEGER NOT NULL, path BLOB NOT NULL, logits BLOB NOT NULL, base BLOB);
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, request_id INTEGER UNIQUE,
-    step INTEGER NOT NULL, path BLOB NOT NULL, loss REAL NOT NULL, label INTEGER, time REAL NOT NULL);
+    step INTEGER NOT NULL, path BLOB NOT NULL, loss REAL NOT NULL, label INTEGER, time REAL NOT NULL,
+    client TEXT);
 """
 
 
@@ -78,6 +82,12 @@ class Store:
         self.db.executescript(_SCHEMA)
         if "base" not in {row[1] for row in self.db.execute("PRAGMA table_info(served)")}:  # a 0.2.0 store
             self.db.execute("ALTER TABLE served ADD COLUMN base BLOB")
+        if "client" not in {row[1] for row in self.db.execute("PRAGMA table_info(records)")}:  # before clients
+            self.db.execute("ALTER TABLE records ADD COLUMN client TEXT")  # O(1): old rows read as NULL
+        # {(client or None, kind): records}, counted once here and kept up to date, so status never scans the log
+        self._by_client: dict[tuple[str | None, str], int] = {
+            (client, kind): int(n) for client, kind, n in
+            self.db.execute("SELECT client, kind, COUNT(*) FROM records GROUP BY client, kind")}
         pruned = self.get_meta("served_pruned_through")
         self._pruned_through = int(pruned) if pruned is not None else -1
         last = self.db.execute("SELECT id, step FROM served ORDER BY id DESC LIMIT 1").fetchone()
@@ -188,8 +198,12 @@ class Store:
         return found
 
     def add_records(self, kind: str, steps: Sequence[int], paths: torch.Tensor, losses: torch.Tensor,
-                    request_ids: Sequence[int] | None = None, labels: Sequence[int] | None = None) -> list[int]:
-        """Append records durably (fsync before returning); returns their seq numbers, in order."""
+                    request_ids: Sequence[int] | None = None, labels: Sequence[int] | None = None,
+                    client: str | None = None) -> list[int]:
+        """Append records durably (fsync before returning); returns their seq numbers, in order.
+
+        client: the name of the token that sent them (None: unattributed, as in stores from before clients).
+        """
         now = time.time()
         n = len(steps)
         request_ids = request_ids if request_ids is not None else [None] * n
@@ -201,9 +215,12 @@ class Store:
             seqs = []
             for rid, step, path, loss, label in zip(request_ids, steps, paths.cpu(), losses, labels):
                 cur = self.db.execute(
-                    "INSERT INTO records (kind, request_id, step, path, loss, label, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (kind, rid, int(step), _path_bytes(path), float(loss), label, now))
+                    "INSERT INTO records (kind, request_id, step, path, loss, label, time, client) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (kind, rid, int(step), _path_bytes(path), float(loss), label,
+                                                        now, client))
                 seqs.append(int(cur.lastrowid))
+        key = (client, kind)  # counted only once the transaction committed
+        self._by_client[key] = self._by_client.get(key, 0) + len(seqs)
         return seqs
 
     def records_after(self, seq: int) -> Iterator[Record]:
@@ -220,3 +237,10 @@ class Store:
         served = int(self.db.execute("SELECT COUNT(*) FROM served").fetchone()[0])
         kinds = dict(self.db.execute("SELECT kind, COUNT(*) FROM records GROUP BY kind").fetchall())
         return {"served": served, "feedback": int(kinds.get("feedback", 0)), "report": int(kinds.get("report", 0))}
+
+    def counts_by_client(self) -> dict[str | None, dict[str, int]]:
+        """{client name (None: unattributed): {"feedback": n, "report": n}} over the whole record log."""
+        out: dict[str | None, dict[str, int]] = {}
+        for (client, kind), n in list(self._by_client.items()):
+            out.setdefault(client, {"feedback": 0, "report": 0})[kind] = n
+        return out
