@@ -169,3 +169,25 @@ def test_split_draws_scale():
     units = torch.ones(2, plan.draws)
     a, b = split_draws(units, plan, 0.5).factors["weight"]
     assert torch.allclose(a, torch.full((2, 3, 2), 0.5 * (1.5 ** 0.5))) and torch.equal(b, torch.ones(2, 4, 2))
+
+
+def test_train_rank_one_resumes_exactly(monkeypatch, capsys, small_data, tmp_path):
+    """`train --rank 1`: 3 steps straight == 2 steps, saved, resumed to 3; the checkpoint records the rank."""
+    from helpers import assert_same_weights, assert_user_error, last_json, run_cli
+    from marketplace.training import load_checkpoint
+
+    base = ["train", "--rank", "1", "--vendors", "2,2,2", "--cheap-vendors", "0", "--batch", "8",
+            "--eval-samples", "50", "--device", "cpu", "--quiet", "--json", "--data-dir", small_data]
+    straight, parts = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    code, out, err = run_cli(monkeypatch, capsys, *base, "--steps", "3", "--checkpoint", straight)
+    assert code == 0, err
+    assert last_json(out)["steps"] == 3
+    for steps in ("2", "3"):
+        code, out, err = run_cli(monkeypatch, capsys, *base, "--steps", steps, "--checkpoint", parts, "--resume")
+        assert code == 0, err
+    a, b = load_checkpoint(straight), load_checkpoint(parts)
+    assert a.meta["config"]["rank"] == 1 and a.optimizer["rank"] == 1 and b.optimizer["steps"] == 3
+    assert_same_weights(a.model, b.model)
+    code, out, err = run_cli(monkeypatch, capsys, *[o if o != "1" else "2" for o in base], "--steps", "4",
+                             "--checkpoint", parts, "--resume")
+    assert_user_error(code, out, err, "rank=1, not 2")
