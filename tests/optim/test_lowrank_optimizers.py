@@ -122,3 +122,60 @@ def test_state_records_the_rank_and_refuses_another():
     with pytest.raises(MarketplaceError, match="rank 2"):
         V2(problem(rank=1)[0], lr=0.2, probe_scale=0.5).load_state_dict(state)
     assert "rank" not in V2(problem(rank=0)[0], lr=0.2).state_dict()  # dense states are as before
+
+
+# -- the replica axis: ranks swap seeds, each expands them as low-rank factors ----------------------
+
+
+def replica_rank(rank, world, algorithm):
+    from marketplace.distributed import ReplicaAxis, check_same_weights, init_from_env, shutdown
+
+    comm = init_from_env(timeout=60.0)
+    try:
+        market, x, y = problem(rank=2)
+        opt = V2(market, lr=0.2, probe_scale=0.5, seed=4) if algorithm == "v2" else V1(market, lr=0.05, seed=4)
+        axis = ReplicaAxis(comm)
+        for _ in range(2):
+            axis.step(opt, evaluate(market, x, y), len(x))
+        check_same_weights(market, comm, opt.steps)
+        return flat(market)
+    finally:
+        shutdown()
+
+
+def replica_reference(world, algorithm):
+    """Every rank's paths with materialised low-rank deltas, summed naively."""
+    from marketplace.optim.forward_gradient import draw_market_vendors
+
+    market, x, y = problem(rank=2)
+    widths = [0.2 * 0.5] * 2 if algorithm == "v2" else [0.05] * 2
+    for step in range(2):
+        runs = []
+        for r in range(world):
+            vendors = draw_market_vendors(market, 4, step, widths, stream=r)
+            runs.append((vendors, *evaluate(market, x, y)(vendors)))
+        deltas = lambda v, k: v.deltas(k, market.layouts[k].numel, market.device)
+        if algorithm == "v2":
+            total = [torch.zeros(lay.numel) for lay in market.layouts]
+            for vendors, losses, paths in runs:
+                for a, path in zip(standardized_attribution(losses), paths.tolist()):
+                    for k, j in enumerate(path):
+                        total[k] += a * deltas(vendors, k)[j]
+            for k, g in enumerate(unit_directions(total)):
+                market.add_(k, 0.2 * g)
+        else:
+            vendors, losses, paths = min(runs, key=lambda run: float(run[1].min()))
+            for k, j in enumerate(paths[int(torch.argmin(losses))].tolist()):
+                market.add_(k, deltas(vendors, k)[j])
+    return flat(market)
+
+
+@pytest.mark.parametrize("algorithm", ["v2", "v1"])
+def test_replica_axis_with_low_rank_vendors_matches_the_naive_update(algorithm):
+    from helpers import succeeded
+    from marketplace.distributed import run_local
+
+    results = succeeded(run_local(replica_rank, 2, algorithm, timeout=120))
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[1]))
+    for got, want in zip(results[0], replica_reference(2, algorithm)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

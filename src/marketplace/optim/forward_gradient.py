@@ -21,12 +21,12 @@ import torch
 
 from ..errors import MarketplaceError
 from ..functional import ATTRIBUTIONS, check_losses, descent_directions, vendor_attribution
-from ..lowrank import draw_lowrank_vendors
+from ..lowrank import LowRankVendors, draw_lowrank_vendors
 from ..market import Market
 from ..vendors import SeededVendors, Vendors, draw_vendors, reconciled_delta
 from .checks import check_choice, check_per_spec, check_positive, check_seed
 
-__all__ = ["DIRECTIONS", "ForwardGradient", "check_market", "draw_market_vendors", "spec_groups", "write_grads"]
+__all__ = ["DIRECTIONS", "ForwardGradient", "check_market", "draw_market_vendors", "market_vendors", "spec_groups", "write_grads"]
 
 DIRECTIONS = ("unit", "raw")
 
@@ -63,6 +63,11 @@ def draw_market_vendors(market: Market, seed: int, step: int, sigma: Sequence[fl
         return draw_lowrank_vendors(seed, step, market.vendor_counts, sigma, market.lowrank_plans, cache, stream,
                                     antithetic)
     return draw_vendors(seed, step, market.vendor_counts, sigma, cache, stream, antithetic)
+
+
+def market_vendors(market: Market, seeded: SeededVendors) -> Vendors:
+    """Seeds received from elsewhere (another rank, a client) expanded as `market` expands its own."""
+    return LowRankVendors(seeded, market.lowrank_plans) if market.rank else seeded
 
 
 @torch.no_grad()
