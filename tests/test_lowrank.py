@@ -191,3 +191,13 @@ def test_train_rank_one_resumes_exactly(monkeypatch, capsys, small_data, tmp_pat
     code, out, err = run_cli(monkeypatch, capsys, *[o if o != "1" else "2" for o in base], "--steps", "4",
                              "--checkpoint", parts, "--resume")
     assert_user_error(code, out, err, "rank=1, not 2")
+
+
+def test_bf16_autocast_stays_close_to_fp32():
+    """Corrections run under the market's autocast too (bf16 on CUDA by default)."""
+    x = torch.randn(3, 1, 10, 10)
+    fp32 = Market(conv_linear_specs(), vendors=[3, 2, 2], rank=2, precision="fp32")
+    bf16 = Market(conv_linear_specs(), vendors=[3, 2, 2], rank=2, precision="bf16")
+    vendors = draw_market_vendors(fp32, 0, 0, [0.2] * 3)
+    torch.testing.assert_close(bf16.evaluate(x, vendors).products.float(), fp32.evaluate(x, vendors).products,
+                               rtol=0.05, atol=0.05)
