@@ -15,8 +15,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import layouts
+from . import layouts, lowrank
 from . import specs as spec_rules
+from .lowrank_layers import spec_forward as lowrank_spec_forward
 from .cost import products
 from .errors import MarketError
 from .vendors import Vendors
@@ -100,6 +101,10 @@ class Market(nn.Module):
     mode name such as "max-autotune" or "reduce-overhead", CUDA graphs).
     formulation: how a spec's vendor batch is laid out ("vmap", "grouped",
     "wide", or "auto": the fastest measured per device); see layouts.py.
+    rank: 0 for dense vendors; r > 0 makes each vendor of a Linear, Conv2d
+    or Embedding weight a rank-r product drawn from its seed (lowrank.py),
+    run as the base weights plus a correction per vendor (lowrank_layers.py;
+    through vmap whatever the formulation, and never compiled).
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class Market(nn.Module):
         channels_last: bool | str = "auto",
         compile: bool | str = False,
         formulation: str = "auto",
+        rank: int = 0,
     ):
         super().__init__()
         if precision not in _PRECISIONS:
@@ -146,6 +152,9 @@ class Market(nn.Module):
                 )
             upstream = self.vendor_counts[k] * (s or upstream)
         self.layouts = tuple(SpecLayout.of(spec) for spec in specs)
+        self.rank = lowrank.check_rank(rank)
+        self.lowrank_plans = tuple(lowrank.spec_plan(s, lay.names, lay.shapes, rank)
+                                   for s, lay in zip(specs, self.layouts)) if rank else None
 
     # -- shape of the market -------------------------------------------------
 
@@ -229,11 +238,10 @@ class Market(nn.Module):
         with randomness, torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             for k in range(self.depth):
                 m, s = self.vendor_counts[k], self.sampling[k]
-                params = self.vendor_parameters(k, vendors)
                 if k == 0 or not s:  # every vendor takes every upstream product
                     upstream = products.shape[0] if k else 1
                     flat = products.reshape(upstream * batch, *products.shape[2:]) if k else products
-                    out = self._vendor_forward(k, params, flat, shared=True)
+                    out = self._spec_forward(k, vendors, flat, shared=True)
                     products = out.reshape(m * upstream, batch, *out.shape[2:])
                     picked = torch.arange(upstream, device=device).repeat(m)
                     sources = torch.arange(m, device=device).repeat_interleave(upstream)
@@ -241,7 +249,7 @@ class Market(nn.Module):
                     upstream = products.shape[0]
                     choice = torch.rand(m, upstream, generator=sampler).argsort(dim=1)[:, :s].to(device)
                     inp = products[choice.reshape(-1)].reshape(m, s * batch, *products.shape[2:])
-                    out = self._vendor_forward(k, params, inp, shared=False)
+                    out = self._spec_forward(k, vendors, inp, shared=False)
                     products = out.reshape(m * s, batch, *out.shape[2:])
                     picked = choice.reshape(-1)
                     sources = torch.arange(m, device=device).repeat_interleave(s)
@@ -252,6 +260,14 @@ class Market(nn.Module):
         if self.precision == "auto":
             return torch.bfloat16 if device.type == "cuda" else None
         return _PRECISIONS[self.precision]
+
+    def _spec_forward(self, k: int, vendors: Vendors, inp: torch.Tensor, shared: bool) -> torch.Tensor:
+        """Spec k under every vendor: low-rank vendors of a low-rank market as base + corrections, else stacked."""
+        if self.rank and self.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
+            parts = vendors.lowrank_parts(k, self.lowrank_plans[k], inp.device)
+            base = dict(self.specs[k].named_parameters())
+            return self._call(k, lambda x: lowrank_spec_forward(self.specs[k], base, parts, x, shared), inp)
+        return self._vendor_forward(k, self.vendor_parameters(k, vendors), inp, shared)
 
     def _vendor_forward(self, k: int, params: dict[str, torch.Tensor], inp: torch.Tensor, shared: bool):
         """Spec k under every vendor's weights at once: [M, ...] params -> [M, N, ...] outputs.
@@ -301,4 +317,5 @@ class Market(nn.Module):
     def extra_repr(self) -> str:
         market = "x".join(map(str, self.vendor_counts))
         sampling = "" if not any(self.sampling) else f", sampling={list(self.sampling)}"
-        return f"market={market}{sampling}, paths={self.num_paths}"
+        rank = f", rank={self.rank}" if self.rank else ""
+        return f"market={market}{sampling}{rank}, paths={self.num_paths}"

@@ -3,6 +3,9 @@
 A `SeededVendors` is all that crosses a wire: seeds and probe widths. Any
 object with `counts`, `sampling_seed` and `deltas(k, numel, device)` can stand
 in for it (the adaptive-rate variant proposes deltas along a known direction).
+Vendors may also offer `delta(k, j, ...)` and `reconcile(k, a, ...)` when they
+can do better than materialising every vendor (low-rank vendors, lowrank.py):
+`vendor_delta` and `reconciled_delta` use them where they exist.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Protocol, Sequence
 
 import torch
 
+from .functional import reconcile
 from .rng import derive_seeds, uniform_pm1
 
 # Purposes keep the seed streams derived from one master seed apart.
@@ -88,3 +92,18 @@ def draw_vendors(
     )
     sampling_seed = int(derive_seeds(seed, SAMPLING_STREAM + (stream << 8), step)[0])
     return SeededVendors(seeds, tuple(float(s) for s in sigma), sampling_seed, cache, antithetic)
+
+
+def vendor_delta(vendors: Vendors, k: int, j: int, numel: int, device: torch.device) -> torch.Tensor:
+    """Vendor j's flat delta [numel] of spec k (its own `delta` if it has one, else row j of `deltas`)."""
+    own = getattr(vendors, "delta", None)
+    return own(k, j, numel, device) if own is not None else vendors.deltas(k, numel, device)[j]
+
+
+def reconciled_delta(vendors: Vendors, k: int, attribution: torch.Tensor, numel: int,
+                     device: torch.device) -> torch.Tensor:
+    """R_k = sum_j a_kj delta_kj, flat [numel] (the vendors' own `reconcile` if they have one)."""
+    own = getattr(vendors, "reconcile", None)
+    if own is not None:
+        return own(k, attribution, numel, device)
+    return reconcile(attribution, vendors.deltas(k, numel, device))

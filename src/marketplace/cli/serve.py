@@ -27,6 +27,7 @@ def serve(
     classes: Optional[int] = typer.Option(None, help="widen the head to this many classes (a new class)"),
     vendors: Optional[str] = typer.Option(None, help="vendors per spec of the served market (default: the "
                                                      "checkpoint's), e.g. 4,4,4"),
+    rank: Optional[int] = typer.Option(None, help="low-rank vendors of this rank, 0 dense (default: the checkpoint's)"),
     store: Optional[str] = typer.Option(None, help="directory of the SQLite store and the learner checkpoint "
                                         "(default: runs/server/<checkpoint>-<its hash>, one per checkpoint and "
                                         "--baseline setting, resumed when the same checkpoint is served again)"),
@@ -79,9 +80,9 @@ def serve(
         secret, made_up = "", False  # only the named clients of the file
     else:
         secret, made_up = resolve_token(token)
-    store = store or default_store(checkpoint, baseline, classes, attribution)
+    store = store or default_store(checkpoint, baseline, classes, attribution, rank)
     config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
-                          vendors=ints(vendors, "--vendors") if vendors else None,
+                          vendors=ints(vendors, "--vendors") if vendors else None, rank=rank,
                           learning=learning, baseline=baseline, attribution=attribution, balanced=balanced,
                           store=store,
                           checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
@@ -103,7 +104,7 @@ def serve(
 
 
 def default_store(checkpoint: str, baseline: bool = False, classes: int | None = None,
-                  attribution: str = "zscore") -> str:
+                  attribution: str = "zscore", rank: int | None = None) -> str:
     """runs/server/NAME-HASH[-Nclasses][-baseline]: a store of its own for each starting point.
 
     A store remembers the weights (and head width, and baseline setting) it
@@ -113,4 +114,5 @@ def default_store(checkpoint: str, baseline: bool = False, classes: int | None =
     path = Path(checkpoint)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"
     return (f"runs/server/{path.stem}-{digest}" + (f"-{classes}classes" if classes else "")
-            + ("-baseline" if baseline else "") + ("" if attribution == "zscore" else f"-{attribution}"))
+            + ("-baseline" if baseline else "") + ("" if attribution == "zscore" else f"-{attribution}")
+            + (f"-rank{rank}" if rank is not None else ""))

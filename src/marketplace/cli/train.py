@@ -41,6 +41,7 @@ def train(
     direction: str = typer.Option("unit", help="v2: unit (V2) or raw (R / probe width, for adam)"),
     antithetic: bool = typer.Option(False, help="v2: vendors in mirrored pairs (delta, -delta)"),
     clip: Optional[float] = typer.Option(None, help="v2: clip the estimate's global norm"),
+    rank: int = typer.Option(0, help="vendors of Linear/Conv2d/Embedding weights as rank-R products from their seeds (0 = dense)"),
     steps: Optional[int] = typer.Option(None, help="stop after this many steps"),
     max_seconds: Optional[float] = typer.Option(None, help="stop after this much wall time"),
     seed: int = typer.Option(0, help="seeds the model, the batches and every vendor"),
@@ -93,7 +94,7 @@ def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, pro
                  rate_smoothing, cheap_vendors, optimizer, momentum, nesterov, weight_decay, schedule, schedule_steps,
                  warmup, min_lr, probe_width, attribution, direction, antithetic, clip, steps, max_seconds, seed,
                  device, eval_every, eval_samples, checkpoint, checkpoint_every, resume, on_nonfinite,
-                 regenerate_deltas, data_dir, model, split, data_file, **reporting):
+                 regenerate_deltas, data_dir, model, split, data_file, rank=0, **reporting):
     """The TrainConfig of `train`'s options: the one place they become a config (`train-distributed` uses it too).
 
     reporting: how the command reports (--log, --json, --quiet), not what it trains.
@@ -112,6 +113,7 @@ def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, pro
         cheap_vendors=cheap_vendors, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, schedule=schedule, schedule_steps=schedule_steps, warmup=warmup, min_lr=min_lr,
         probe_width=probe_width, attribution=attribution, direction=direction, antithetic=antithetic, clip=clip,
+        rank=rank,
     )
 
 

@@ -38,7 +38,7 @@ import torch
 from ..errors import MarketplaceError, UnknownRequestError
 from ..optim import AdaptiveV2, MarketOptimizer
 from .losses import LossFn, OutlierRule, drop_beyond_std, per_example_cross_entropy, relative_losses
-from .serving import serve
+from .serving import serve, vendor_weights
 
 
 @dataclass
@@ -179,7 +179,7 @@ class ContinualLearner:
         """
         vendors = self.vendors
         if self._stacked is None or self._stacked[0] is not vendors:  # new vendors: an update or a restore
-            self._stacked = (vendors, [self.market.vendor_parameters(k, vendors) for k in range(self.market.depth)])
+            self._stacked = (vendors, [vendor_weights(self.market, k, vendors) for k in range(self.market.depth)])
         out = serve(self.market, vendors, x, generator=self.generator, balanced=self.balanced,
                     stacked=self._stacked[1])
         self.stats["served"] += x.shape[0]

@@ -10,7 +10,9 @@ Common layers (Conv2d, InstanceNorm2d, Linear, pooling, activations) run in
 the grouped layout of `layouts` (the one `Market.evaluate` uses), the
 vendors folded into the channels (one grouped convolution); any other spec
 goes through `vmap(functional_call)`. There is no Python loop over examples
-or vendors.
+or vendors. In a low-rank market (`Market(rank=)`) the vendors are never
+stacked: every group runs through the base weights plus its vendor's
+low-rank correction (`lowrank_layers`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,27 @@ import torch
 from torch.func import functional_call, vmap
 
 from .. import layouts
+from ..lowrank_layers import LowRankParts, spec_forward as lowrank_spec_forward
 from ..market import Market, MarketError
 from ..vendors import Vendors
+
+Weights = dict[str, torch.Tensor] | LowRankParts  # one spec's vendors, as `serve` runs them
+
+
+def vendor_weights(market: Market, k: int, vendors: Vendors) -> Weights:
+    """Spec k's vendors as `serve` runs them: stacked weights, or low-rank parts in a low-rank market."""
+    if market.rank and market.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
+        return vendors.lowrank_parts(k, market.lowrank_plans[k], market.device)
+    return market.vendor_parameters(k, vendors)
+
+
+def select_vendors(weights: Weights, index: torch.Tensor) -> Weights:
+    """Only the vendors `index` (the ones a batch drew), in that order."""
+    if isinstance(weights, LowRankParts):
+        return LowRankParts({n: d[index] for n, d in weights.dense.items()},
+                            {n: (a[index], b[index]) for n, (a, b) in weights.factors.items()},
+                            {n: (g, s[index]) for n, (g, s) in weights.scaled.items()})
+    return {name: p[index] for name, p in weights.items()}
 
 
 @dataclass
@@ -74,7 +95,7 @@ def _slots(vendor: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, int]:
     return gather, slot, group
 
 
-def _spec_forward(market: Market, k: int, params: dict[str, torch.Tensor], h: torch.Tensor,
+def _spec_forward(market: Market, k: int, params: Weights, h: torch.Tensor,
                   grouped: bool = True) -> torch.Tensor:
     """Spec k on h [G, M, ...] (example r of vendor j at [r, j]) -> [G, M, ...out].
 
@@ -84,6 +105,9 @@ def _spec_forward(market: Market, k: int, params: dict[str, torch.Tensor], h: to
     """
     spec = market.specs[k]
     try:
+        if isinstance(params, LowRankParts):  # base weights + each vendor's correction: [M, G, ...] in and out
+            base = dict(spec.named_parameters())
+            return lowrank_spec_forward(spec, base, params, h.transpose(0, 1), shared=False).transpose(0, 1)
         if grouped and layouts.expressible(spec):
             try:  # grouped_spec takes and gives the vendor axis first: [M, G, ...]
                 return layouts.grouped_spec(spec, params, h.transpose(0, 1), shared=False).transpose(0, 1)
@@ -112,7 +136,7 @@ def balanced_paths(counts, batch: int, generator: torch.Generator | None = None,
 @torch.no_grad()
 def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor | None = None,
           generator: torch.Generator | None = None, balanced: bool = False, grouped: bool = True,
-          stacked: Sequence[dict[str, torch.Tensor]] | None = None) -> Served:
+          stacked: Sequence[Weights] | None = None) -> Served:
     """Run each example of x through its own path of the market.
 
     x: [B, ...]; vendors: the current vendors (e.g. an optimizer's
@@ -120,7 +144,7 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
     is drawn for every example from `generator`: uniform and independent
     vendors, or with `balanced` a shuffled even spread (`balanced_paths`).
     grouped=False runs every spec through vmap (the general path).
-    stacked: `market.vendor_parameters(k, vendors)` for every spec, made
+    stacked: `vendor_weights(market, k, vendors)` for every spec, made
     once by a caller that serves many batches with the same weights and
     vendors (a server, between two updates); None computes them here.
     Returns logits [B, ...] and paths [B, N].
@@ -141,10 +165,10 @@ def serve(market: Market, vendors: Vendors, x: torch.Tensor, paths: torch.Tensor
         return Served(market(x), paths)
     h, index = x, lambda a: torch.from_numpy(a).to(x.device)
     for k, vendor in enumerate(paths.cpu().numpy().T):
-        params = stacked[k] if stacked is not None else market.vendor_parameters(k, vendors)
+        params = stacked[k] if stacked is not None else vendor_weights(market, k, vendors)
         used = np.unique(vendor)  # sorted
         if len(used) < market.vendor_counts[k]:  # a small batch: run only the vendors its examples drew
-            params = {name: p[index(used)] for name, p in params.items()}
+            params = select_vendors(params, index(used))
             vendor = np.searchsorted(used, vendor)
         m = len(used)
         gather, slot, group = _slots(vendor, m)

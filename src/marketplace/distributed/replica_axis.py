@@ -12,7 +12,8 @@ evaluates the full batch on its own vendors, then one all-gather swaps:
   applies the deltas of the best path over all ranks (ties: lowest rank).
 
 Only seeds and a few floats cross the wire, never a delta. The sums run
-in rank order on every rank, so the updates are bit-identical.
+in rank order on every rank, so the updates are bit-identical. In a
+low-rank market (`Market(rank=)`) the same seeds expand as low-rank factors.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import warnings
 import torch
 
 from ..errors import MarketplaceError
-from ..functional import NonFiniteLossError, check_losses, reconcile, standardized_attribution
+from ..functional import NonFiniteLossError, check_losses, standardized_attribution
 from ..functional import unit_directions, vendor_attribution
 from ..optim import V1, V2, AdaptiveV2, MarketOptimizer
-from ..vendors import SeededVendors, draw_vendors
+from ..optim.forward_gradient import draw_market_vendors, market_vendors
+from ..vendors import SeededVendors, Vendors, reconciled_delta, vendor_delta
 from .collectives import Collectives
 from .data_axis import AxisStep, Evaluate
 
@@ -57,12 +59,12 @@ class ReplicaAxis:
         """Every rank evaluates the whole batch."""
         return slice(0, batch)
 
-    def vendors(self, optimizer: MarketOptimizer) -> SeededVendors:
+    def vendors(self, optimizer: MarketOptimizer) -> Vendors:
         """This rank's vendors: stream `rank` of the optimizer's (seed, step)."""
         if self.comm.rank == 0:
             return optimizer.vendors
-        return draw_vendors(optimizer.seed, optimizer.steps, optimizer.market.vendor_counts,
-                            optimizer.probe_widths(), optimizer.cache_deltas, stream=self.comm.rank)
+        return draw_market_vendors(optimizer.market, optimizer.seed, optimizer.steps, optimizer.probe_widths(),
+                                   optimizer.cache_deltas, stream=self.comm.rank)
 
     def step(self, optimizer: MarketOptimizer, evaluate: Evaluate, batch: int | None = None) -> AxisStep:
         """Evaluate this rank's vendors, swap (seeds, attributions), apply the combined update."""
@@ -84,7 +86,7 @@ class ReplicaAxis:
 
     # -- V2 --------------------------------------------------------------------
 
-    def _reconcile(self, opt: V2, vendors: SeededVendors, losses, paths, finite: int) -> bool:
+    def _reconcile(self, opt: V2, vendors: Vendors, losses, paths, finite: int) -> bool:
         market = opt.market
         counts = market.vendor_counts
         attribution = vendor_attribution(standardized_attribution(losses), paths, counts) if finite \
@@ -104,8 +106,9 @@ class ReplicaAxis:
             for r in range(self.comm.world_size):
                 a = _bits_float(gathered[r, 1 + total + lo : 1 + total + lo + m])
                 seeds = gathered[r, 1:1 + total].split(counts)
-                source = vendors if r == self.comm.rank else SeededVendors(tuple(seeds), tuple(sigma), cache=False)
-                term = reconcile(a.to(device), source.deltas(k, numel, device))
+                source = vendors if r == self.comm.rank else \
+                    market_vendors(market, SeededVendors(tuple(seeds), tuple(sigma), cache=False))
+                term = reconciled_delta(source, k, a.to(device), numel, device)
                 r_k = term if r_k is None else r_k + term
             reconciled.append(r_k)
         for k, g in enumerate(unit_directions(reconciled, per_spec=opt.per_spec)):
@@ -114,7 +117,7 @@ class ReplicaAxis:
 
     # -- V1 --------------------------------------------------------------------
 
-    def _keep_best(self, opt: V1, vendors: SeededVendors, losses, paths, finite: int) -> bool:
+    def _keep_best(self, opt: V1, vendors: Vendors, losses, paths, finite: int) -> bool:
         market, n = opt.market, opt.market.depth
         if finite:
             i = int(torch.argmin(losses))
@@ -129,10 +132,10 @@ class ReplicaAxis:
             return False
         winner = int(torch.argmin(gathered[:, 1].contiguous().view(torch.float64)))  # ties: the lowest rank
         seeds = tuple(gathered[winner, 2 + k].reshape(1) for k in range(n))
-        chosen = SeededVendors(seeds, tuple(opt.probe_widths()), cache=False)
+        chosen = market_vendors(market, SeededVendors(seeds, tuple(opt.probe_widths()), cache=False))
         for k in range(n):
             if int(seeds[k]):  # the leader's delta is zero
-                market.add_(k, chosen.deltas(k, market.layouts[k].numel, market.device)[0])
+                market.add_(k, vendor_delta(chosen, k, 0, market.layouts[k].numel, market.device))
         return True
 
     # -- both ------------------------------------------------------------------

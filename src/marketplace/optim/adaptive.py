@@ -13,6 +13,7 @@ import torch
 
 from ..errors import MarketplaceError
 from ..functional import best_path, check_losses
+from ..lowrank import direction_parts
 from ..rng import derive_seeds, uniform_pm1
 from .checks import check_fraction, renamed
 from .v2 import V2
@@ -34,6 +35,10 @@ class RateVendors:
 
     def deltas(self, k: int, numel: int, device: torch.device) -> torch.Tensor:
         return self.steps[k].to(device)[:, None] * self.directions[k][None, :]
+
+    def lowrank_parts(self, k: int, plan, device: torch.device):
+        """In a low-rank market: x G once per factored layer, scaled per vendor (no [M, numel] deltas)."""
+        return direction_parts(self.directions[k].to(device), self.steps[k].to(device), plan)
 
 
 def rate_scales(seed: int, step: int, counts, meta_lr: float) -> list[torch.Tensor]:

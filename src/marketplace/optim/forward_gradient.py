@@ -20,12 +20,13 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..errors import MarketplaceError
-from ..functional import ATTRIBUTIONS, check_losses, descent_directions, reconcile, vendor_attribution
+from ..functional import ATTRIBUTIONS, check_losses, descent_directions, vendor_attribution
+from ..lowrank import LowRankVendors, draw_lowrank_vendors
 from ..market import Market
-from ..vendors import SeededVendors, draw_vendors
+from ..vendors import SeededVendors, Vendors, draw_vendors, reconciled_delta
 from .checks import check_choice, check_per_spec, check_positive, check_seed
 
-__all__ = ["DIRECTIONS", "ForwardGradient", "check_market", "spec_groups", "write_grads"]
+__all__ = ["DIRECTIONS", "ForwardGradient", "check_market", "draw_market_vendors", "market_vendors", "spec_groups", "write_grads"]
 
 DIRECTIONS = ("unit", "raw")
 
@@ -53,6 +54,20 @@ def spec_groups(market: Market, optimizer: torch.optim.Optimizer) -> list[int]:
                                    "its probe width follows one learning rate")
         groups.append(found.pop() if found else 0)
     return groups
+
+
+def draw_market_vendors(market: Market, seed: int, step: int, sigma: Sequence[float], cache: bool = True,
+                        stream: int = 0, antithetic: bool = False) -> Vendors:
+    """The vendors of `step` for `market`: dense, or low-rank from the same seeds when market.rank > 0."""
+    if market.rank:
+        return draw_lowrank_vendors(seed, step, market.vendor_counts, sigma, market.lowrank_plans, cache, stream,
+                                    antithetic)
+    return draw_vendors(seed, step, market.vendor_counts, sigma, cache, stream, antithetic)
+
+
+def market_vendors(market: Market, seeded: SeededVendors) -> Vendors:
+    """Seeds received from elsewhere (another rank, a client) expanded as `market` expands its own."""
+    return LowRankVendors(seeded, market.lowrank_plans) if market.rank else seeded
 
 
 @torch.no_grad()
@@ -116,11 +131,11 @@ class ForwardGradient:
         return [r * self.probe_scale for r in self.rates()]
 
     @property
-    def vendors(self) -> SeededVendors:
-        """This step's vendors, drawn on first use (after a scheduler has set the lr)."""
+    def vendors(self) -> Vendors:
+        """This step's vendors, drawn on first use (after a scheduler has set the lr); low-rank in a low-rank market."""
         if self._vendors is None:
-            self._vendors = draw_vendors(self.seed, self.steps, self.market.vendor_counts, self.probe_widths(),
-                                         self.cache_deltas, antithetic=self.antithetic)
+            self._vendors = draw_market_vendors(self.market, self.seed, self.steps, self.probe_widths(),
+                                                self.cache_deltas, antithetic=self.antithetic)
         return self._vendors
 
     def seeds(self) -> tuple[torch.Tensor, ...]:
@@ -142,7 +157,7 @@ class ForwardGradient:
         market, device, vendors = self.market, self.market.device, self.vendors
         shaped = ATTRIBUTIONS[self.attribution](losses.detach())
         per_vendor = vendor_attribution(shaped, paths, market.vendor_counts)
-        return [reconcile(a.to(device), vendors.deltas(k, market.layouts[k].numel, device))
+        return [reconciled_delta(vendors, k, a.to(device), market.layouts[k].numel, device)
                 for k, a in enumerate(per_vendor)]
 
     @torch.no_grad()
@@ -172,13 +187,17 @@ class ForwardGradient:
         return {"steps": self.steps, "seed": self.seed, "probe_scale": self.probe_scale,
                 "probe_width": self.probe_width, "attribution": self.attribution, "direction": self.direction,
                 "per_spec": self.per_spec, "antithetic": self.antithetic,
-                "vendor_counts": list(self.market.vendor_counts), "seeds": [s.clone() for s in self.seeds()]}
+                "vendor_counts": list(self.market.vendor_counts), "seeds": [s.clone() for s in self.seeds()],
+                **({"rank": self.market.rank} if self.market.rank else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a state; settings a state saved by an older version lacks keep their current values."""
         if list(state["vendor_counts"]) != list(self.market.vendor_counts):
             raise MarketplaceError(f"the state was saved for market {state['vendor_counts']}, "
                                    f"not {list(self.market.vendor_counts)}")
+        if int(state.get("rank", 0)) != self.market.rank:
+            raise MarketplaceError(f"the state was saved with rank {int(state.get('rank', 0))} vendors, "
+                                   f"not rank {self.market.rank}: resume with the same --rank")
         self.steps, self.seed = int(state["steps"]), int(state["seed"])
         self.probe_scale = float(state.get("probe_scale", self.probe_scale))
         width = state.get("probe_width", self.probe_width)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..functional import best_path
+from ..vendors import vendor_delta
 from .base import RateOptimizer
 
 
@@ -22,4 +23,4 @@ class V1(RateOptimizer):
         market, device = self.market, self.market.device
         for k, j in enumerate(best.tolist()):
             if j:  # the leader's delta is zero
-                market.add_(k, self.vendors.deltas(k, market.layouts[k].numel, device)[j])
+                market.add_(k, vendor_delta(self.vendors, k, j, market.layouts[k].numel, device))

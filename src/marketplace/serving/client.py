@@ -27,7 +27,8 @@ from torch import nn
 from ..continual import per_example_cross_entropy, serve
 from ..errors import MarketplaceError, ServerError
 from ..market import Market
-from ..vendors import SeededVendors
+from ..optim.forward_gradient import market_vendors
+from ..vendors import SeededVendors, Vendors
 from .answer import Answer
 
 
@@ -109,7 +110,7 @@ class PrivateClient(Client):
         self.generator = torch.Generator().manual_seed(seed)
         self.info: dict[str, Any] | None = None
         self.local: Market | None = None
-        self.vendors: SeededVendors | None = None
+        self.vendors: Vendors | None = None
         self.downloads = 0  # weight downloads: once per step at most
 
     def refresh(self) -> dict[str, Any]:
@@ -120,8 +121,9 @@ class PrivateClient(Client):
             response = self._call("GET", "/v1/weights", headers=headers)
             if response.status_code != 304:
                 self._load(info, response.content)
-            self.vendors = SeededVendors(tuple(torch.tensor(s, dtype=torch.int64) for s in info["seeds"]),
-                                         tuple(info["sigma"]), info["sampling_seed"])
+            seeded = SeededVendors(tuple(torch.tensor(s, dtype=torch.int64) for s in info["seeds"]),
+                                   tuple(info["sigma"]), info["sampling_seed"])
+            self.vendors = market_vendors(self.local, seeded)  # low-rank factors for a low-rank server
             self.info = info
         return info
 
@@ -132,7 +134,7 @@ class PrivateClient(Client):
 
         if self.local is None:
             specs = self.specs if self.specs is not None else specs_of(info["model"])
-            self.local = Market(specs, info["vendors"])
+            self.local = Market(specs, info["vendors"], rank=int(info.get("rank", 0)))
         self.local.load_state_dict(load_bytes(blob))
         self.downloads += 1
 

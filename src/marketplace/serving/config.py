@@ -46,6 +46,7 @@ class ServerConfig:
     seed: int = 0
     classes: int | None = None  # widen a checkpoint's head to this many classes (a new class, section 7)
     vendors: tuple[int, ...] | None = None  # the served market's vendor counts (None: the checkpoint's)
+    rank: int | None = None  # low-rank vendors of this rank, 0 dense (None: the checkpoint's; lowrank.py)
     learning: bool = True
     baseline: bool = False
     attribution: str = "zscore"  # "rank": centred ranks bound each record's influence on an update
@@ -74,6 +75,8 @@ class ServerConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if self.rank is not None and (not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0):
+            raise MarketplaceError(f"--rank must be an integer >= 0 (0 = dense vendors), got {self.rank}")
         if self.client_records is not None and self.client_records < 1:
             raise MarketplaceError(f"--client-records must be >= 1, got {self.client_records}")
         if not math.isfinite(self.client_rate) or self.client_rate < 0:

@@ -292,7 +292,8 @@ class Engine:
                     "seeds": [[int(s) for s in seeds.tolist()] for seeds in vendors.seeds],
                     "sigma": list(vendors.sigma), "sampling_seed": int(vendors.sampling_seed),
                     "input_shape": list(self.input_shape), "model": self.model, "records": self.config.records,
-                    "learning": self.config.learning, "baseline": self.config.baseline}
+                    "learning": self.config.learning, "baseline": self.config.baseline,
+                    **({"rank": self.market.rank} if self.market.rank else {})}
 
     def weights(self) -> tuple[str, bytes]:
         """(version, the base weights as safetensors bytes), made once per step."""

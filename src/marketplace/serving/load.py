@@ -66,13 +66,16 @@ def engine_from_checkpoint(path: str | Path, config: ServerConfig) -> Engine:
     model = model_of(ckpt)
     classes = config.classes or model["classes"]
     market = widen_head(market, classes)
-    if config.vendors is not None and tuple(config.vendors) != market.vendor_counts:  # same weights, other vendors
-        if len(config.vendors) != market.depth:
-            raise MarketplaceError(f"vendors gives {len(config.vendors)} counts; the checkpoint's market has "
+    vendors = market.vendor_counts if config.vendors is None else tuple(config.vendors)
+    rank = market.rank if config.rank is None else config.rank
+    if vendors != market.vendor_counts or rank != market.rank:  # same weights, other vendors
+        if len(vendors) != market.depth:
+            raise MarketplaceError(f"vendors gives {len(vendors)} counts; the checkpoint's market has "
                                    f"{market.depth} specs")
-        market = Market(list(market.specs), list(config.vendors), market.sampling).to(device)
+        market = Market(list(market.specs), list(vendors), market.sampling, rank=rank).to(device)
     model.update(depth=market.depth, served_classes=classes)
-    made_for = f"{file_digest(path)}/{classes}" + (f"/{list(config.vendors)}" if config.vendors else "")
+    made_for = f"{file_digest(path)}/{classes}" + (f"/{list(config.vendors)}" if config.vendors else "") \
+        + (f"/rank{market.rank}" if market.rank else "")
     source = hashlib.sha256(made_for.encode()).hexdigest()
     return Engine(market, config, source, tuple(model["input_shape"]), model,
                   pixels=pixels_of(ckpt.meta.get("config", {})))

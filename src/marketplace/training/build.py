@@ -56,7 +56,7 @@ def build_market(config: TrainConfig, device: torch.device, input_shape: Sequenc
         raise MarketplaceError(f"--vendors has {len(config.vendors)} counts but --model {config.model} has "
                                f"{len(specs)} specs: give one count per spec")
     sampling = list(config.sampling) if config.sampling else 0
-    return Market(specs, list(market_vendors(config, specs, input_shape)), sampling).to(device)
+    return Market(specs, list(market_vendors(config, specs, input_shape)), sampling, rank=config.rank).to(device)
 
 
 def model_record(config: TrainConfig, input_shape: Sequence[int], classes: int) -> dict[str, Any]:
@@ -78,7 +78,8 @@ def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) ->
     config = TrainConfig(vendors=tuple(saved.get("vendors", (4, 4, 4))), sampling=saved.get("sampling"),
                          norm=saved.get("norm", "instance"), batch=saved.get("batch", 128),
                          model=record.get("source", saved.get("model", "beautiful-mnist")),
-                         split=tuple(split) if split else None, cheap_vendors=saved.get("cheap_vendors", 0.0))
+                         split=tuple(split) if split else None, cheap_vendors=saved.get("cheap_vendors", 0.0),
+                         rank=int(saved.get("rank", 0)))
     market = build_market(config, device, tuple(record.get("input_shape", (1, 28, 28))), record.get("classes", 10))
     try:
         market.load_state_dict(ckpt.model)

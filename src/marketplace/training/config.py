@@ -20,7 +20,7 @@ from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 RESUME_FIXED = ("dataset", "data", "model", "split", "norm", "seed", "algorithm", "vendors", "sampling",
                 "cheap_vendors", "batch", "lr", "decay", "probe_scale", "per_spec", "meta_lr", "rate_bounds",
                 "rate_smoothing", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup",
-                "min_lr", "probe_width", "attribution", "direction", "antithetic", "clip")
+                "min_lr", "probe_width", "attribution", "direction", "antithetic", "clip", "rank")
 
 
 @dataclass
@@ -71,6 +71,7 @@ class TrainConfig:
     direction: str = "unit"  # unit or raw
     antithetic: bool = False
     clip: float | None = None
+    rank: int = 0  # 0: dense vendors; r: rank-r vendors of Linear/Conv2d/Embedding weights (lowrank.py)
 
     def torch_options_used(self) -> bool:
         """Whether this v2 run needs the torch.optim path (anything but plain SGD on V2's estimate)."""
@@ -139,6 +140,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0 or (name != "decay" and value == 0):
                 raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
+            raise MarketplaceError(f"--rank must be an integer >= 0 (0 = dense vendors), got {self.rank}")
         if self.decay >= 1:
             raise MarketplaceError(f"--decay must be below 1, got {self.decay}")
         self._validate_adaptive_options()
