@@ -255,7 +255,7 @@ class Trainer:
         return bool(self.comm.broadcast(flag, "control")[0])
 
     def summary(self, test_loss: float, seconds: float, steps_run: int) -> dict[str, Any]:
-        """The run's results; the vendors are the counts trained, after --cheap-vendors."""
+        """The run's results; the vendors are the counts trained, after cheap_vendors."""
         cfg, opt = self.config, self.optimizer
         out = {"test_accuracy": self.test_accuracy, "test_loss": test_loss, "steps": opt.steps,
                "seconds": round(seconds, 3), "skipped_steps": opt.skipped, "dataset": cfg.data or cfg.dataset,
