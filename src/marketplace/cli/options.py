@@ -47,10 +47,14 @@ def option(config: Any, field: str, help: str | None = None, *flags: str,
 
 
 def for_cli(error: Exception) -> str:
-    """An error's message with each field it names (`error.fields`) shown as its flag."""
+    """An error's message with each field it names (`error.fields`) shown as its flag.
+
+    Only a field's first mention, where the library puts it: what follows may quote a user's text.
+    """
     message = str(error)
     for field in getattr(error, "fields", ()):
-        message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", flag(field), message)
+        # the word alone: not inside another name, a path or a quoted value
+        message = re.sub(rf"(?<![\w\-/.:'\"~]){re.escape(field)}(?![\w\-/:'\"]|\.\w)", flag(field), message, count=1)
     return message
 
 

@@ -77,7 +77,7 @@ class ServerConfig:
             raise checks.fail(f"max_request ({self.max_request}) cannot exceed max_batch ({self.max_batch})",
                               "max_request", "max_batch")
         if not self.token and not self.tokens_file:
-            raise checks.fail("the server needs a token (token, $MARKETPLACE_TOKEN or a tokens_file)",
+            raise checks.fail("the server needs a secret: token, $MARKETPLACE_TOKEN or tokens_file",
                               "token", "tokens_file")
         if Path(self.store).exists() and not Path(self.store).is_dir():
             raise checks.fail(f"store {self.store} is a file; it must be a directory (or not exist yet)", "store")

@@ -142,8 +142,8 @@ class TrainConfig:
 
     def _validate_adaptive_options(self) -> None:
         if self.algorithm != "adaptive" and (self.rate_bounds is not None or self.rate_smoothing != 0):
-            raise checks.fail("rate_bounds and rate_smoothing apply to the adaptive algorithm only",
-                              "rate_bounds", "rate_smoothing")
+            raise checks.fail("rate_bounds and rate_smoothing apply to algorithm adaptive only",
+                              "rate_bounds", "rate_smoothing", "algorithm")
         if self.rate_bounds is not None:
             b = self.rate_bounds
             if len(b) != 2 or not all(math.isfinite(v) for v in b) or not 0 < b[0] <= 1 <= b[1]:
@@ -157,8 +157,8 @@ class TrainConfig:
         checks.known("attribution", self.attribution, ATTRIBUTIONS)
         checks.known("direction", self.direction, DIRECTIONS)
         if self.algorithm != "v2" and self.torch_options_used():
-            raise checks.fail("optimizer, schedule and the estimator options apply to the v2 algorithm only",
-                              "optimizer", "schedule")
+            raise checks.fail("optimizer, schedule and the estimator options apply to algorithm v2 only",
+                              "optimizer", "schedule", "algorithm")
         if not (math.isfinite(self.cheap_vendors) and 0 <= self.cheap_vendors <= 10):
             raise checks.fail(f"cheap_vendors is a FLOP slack in [0, 10] (0.05 = 5%), got {self.cheap_vendors}",
                               "cheap_vendors")

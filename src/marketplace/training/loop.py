@@ -173,8 +173,8 @@ class Trainer:
             self.market.load_state_dict(state["model"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{path} holds a different model than --vendors {list(self.config.vendors)}: "
-                                  f"{first}") from e
+            raise CheckpointError(f"{path} holds a different model than vendors {list(self.config.vendors)}: "
+                                  f"{first}", fields=("vendors",)) from e
         self.optimizer.load_state_dict(state["optimizer"])
         self.seconds_before, self.test_accuracy = state["seconds"], state["test_accuracy"]
         return True
