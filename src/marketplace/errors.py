@@ -1,8 +1,8 @@
 """Every error the library raises on purpose, in one place; each says what is wrong in one line.
 
 Catch `MarketplaceError` to catch them all. Messages name the library's
-arguments (`vendors`, `sampling`), not command-line flags: the CLI prints
-them as they are.
+arguments (`vendors`, `sampling`), not command-line flags; an error's
+`fields` lists the arguments it names, and the CLI shows each as its flag.
 
     MarketplaceError
     ├── MarketError            the market does not fit the model or the input
@@ -22,7 +22,15 @@ from __future__ import annotations
 
 
 class MarketplaceError(Exception):
-    """Base class of every error the library raises on bad input or a failed operation."""
+    """Base class of every error the library raises on bad input or a failed operation.
+
+    fields: the arguments (config fields) the message names, word for word, so that a front end
+    can name them its own way (the CLI: `--probe-scale` for `probe_scale`).
+    """
+
+    def __init__(self, *args, fields: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.fields = tuple(fields)
 
 
 class MarketError(MarketplaceError):
@@ -57,6 +65,14 @@ class RequestError(MarketplaceError):
         self.status = status
 
 
+class RateLimited(RequestError):
+    """A 429 that says when to come back: `retry_after` seconds (an integer, at least 1, for Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message, 429)
+        self.retry_after = retry_after
+
+
 class UnknownRequestError(RequestError):
     """A label arrived for a request id that is not waiting for one."""
 
@@ -78,6 +94,6 @@ class WeightsDivergedError(DistributedError):
 
 __all__ = [
     "CheckpointError", "DataError", "DistributedError", "MarketError", "MarketplaceError", "ModelError",
-    "NonFiniteLossError", "RequestError", "ServerError", "UnknownRequestError", "UnsupportedLayout",
+    "NonFiniteLossError", "RateLimited", "RequestError", "ServerError", "UnknownRequestError", "UnsupportedLayout",
     "WeightsDivergedError",
 ]

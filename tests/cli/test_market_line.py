@@ -42,8 +42,8 @@ def test_largest_activation_sees_inside_a_spec():
 def test_describe_market_says_what_changed_and_how_to_keep_the_counts():
     assert describe_market((4, 4, 4), (4, 4, 4), 0.1) == "4x4x4"
     text = describe_market((4, 4, 4), (4, 4, 64), 0.1)
-    assert text.startswith("4x4x64 (asked 4,4,4; --cheap-vendors 0.1 gave the head 64 vendors")
-    assert "--cheap-vendors 0 keeps your counts" in text
+    assert text.startswith("4x4x64 (asked 4,4,4; cheap_vendors=0.1 gave the head 64 vendors")
+    assert "cheap_vendors=0 keeps your counts" in text
     assert "spec 0 8 and the head 16" in describe_market((4, 4, 4), (8, 4, 16), 0.2)
 
 
@@ -80,7 +80,7 @@ def test_the_first_line_names_the_market_trained(monkeypatch, capsys, small_data
                              "--data-dir", small_data)
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert lines[0].startswith("market 2x2x128 (asked 2,2,2; --cheap-vendors 0.1 gave the head 128 vendors"), lines
+    assert lines[0].startswith("market 2x2x128 (asked 2,2,2; cheap_vendors=0.1 gave the head 128 vendors"), lines
     assert "512 paths" in lines[0]
     assert lines[-1].startswith("test accuracy ") and "after 2 steps" in lines[-1]  # --quiet still says the result
     assert len(lines) == 2

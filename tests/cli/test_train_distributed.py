@@ -129,9 +129,9 @@ def test_train_distributed_takes_every_option_of_train():
 
 @pytest.mark.parametrize("args, hint", [
     (["--axis", "replica", "--algorithm", "adaptive"], "data axis only"),
-    (["--axis", "diagonal"], "unknown axis"),
+    (["--axis", "diagonal"], "unknown --axis"),
     (["--timeout", "0"], "--timeout"),
-    (["--backend", "mpi"], "unknown backend"),
+    (["--backend", "mpi"], "unknown --backend"),
 ])
 def test_train_distributed_mistakes_are_one_line(small_data, tmp_path, monkeypatch, capsys, args, hint):
     for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):

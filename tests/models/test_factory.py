@@ -59,10 +59,10 @@ def test_sequential_is_cut_by_split(user_file):
 
 
 @pytest.mark.parametrize("source,split,specs,message", [
-    ("{f}:sequential", None, 3, "returns one nn.Sequential of 4 layers: give --split with 2 layer indices"),
+    ("{f}:sequential", None, 3, "returns one nn.Sequential of 4 layers: give split with 2 layer indices"),
     ("{f}:sequential", (2, 2), 3, "must be increasing layer indices between 1 and 3"),
     ("{f}:sequential", (4,), 2, "must be increasing layer indices"),
-    ("{f}:specs", (1,), 2, "--split cuts an nn.Sequential, but"),
+    ("{f}:specs", (1,), 2, "split cuts an nn.Sequential, but"),
     ("{f}:not_modules", None, 2, "item 1 is a str, not an nn.Module"),
     ("{f}:a_number", None, 1, "returned a int: a factory returns a non-empty list of nn.Modules"),
     ("{f}:broken", None, 1, "the factory raised RuntimeError: out of coffee"),

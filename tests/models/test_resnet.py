@@ -60,7 +60,7 @@ def test_preset_mistakes_are_one_line():
         build_model("resnet", 6, (1, 28, 28), 10)
     with pytest.raises(ModelError, match="reads images"):
         build_model("resnet", 2, (784,), 10)
-    with pytest.raises(ModelError, match="--split cuts a user's nn.Sequential"):
+    with pytest.raises(ModelError, match="split cuts a user's nn.Sequential"):
         build_model("mlp", 2, (784,), 10, split=(1,))
     with pytest.raises(ModelError, match="unknown model 'resnet50'"):
         build_model("resnet50", 2, (1, 28, 28), 10)

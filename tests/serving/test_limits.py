@@ -2,7 +2,8 @@
 
 import pytest
 
-from marketplace.serving.limits import ANONYMOUS, RateLimited, RateLimiter
+from marketplace.errors import RateLimited
+from marketplace.serving.limits import ANONYMOUS, RateLimiter
 
 
 class Clock:

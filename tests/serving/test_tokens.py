@@ -45,7 +45,7 @@ def test_tokens_file_mistakes_are_one_line_errors(tmp_path):
         auth.read_tokens(bad)
     with pytest.raises(MarketplaceError, match="no tokens file"):
         auth.Tokens(path=tmp_path / "missing")
-    with pytest.raises(MarketplaceError, match="needs a token"):
+    with pytest.raises(MarketplaceError, match="needs a secret"):
         ServerConfig().validate()
 
 

@@ -81,17 +81,17 @@ def test_resuming_with_another_optimizer_is_refused(small_data, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, hint", [
-    (dict(optimizer="lion"), "--optimizer"),
-    (dict(schedule="linear"), "--schedule"),
-    (dict(attribution="median"), "--attribution"),
-    (dict(direction="up"), "--direction"),
+    (dict(optimizer="lion"), "optimizer"),
+    (dict(schedule="linear"), "schedule"),
+    (dict(attribution="median"), "attribution"),
+    (dict(direction="up"), "direction"),
     (dict(algorithm="v1", optimizer="adam"), "v2 only"),
     (dict(schedule="cosine", steps=None, max_seconds=5.0), "horizon"),
-    (dict(schedule="warmup-cosine", warmup=0), "--warmup"),
-    (dict(momentum=1.0), "--momentum"),
-    (dict(probe_width=0.0), "--probe-width"),
-    (dict(min_lr=2.0), "--min-lr"),
-    (dict(cheap_vendors=-1.0), "--cheap-vendors"),
+    (dict(schedule="warmup-cosine", warmup=0), "warmup"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(probe_width=0.0), "probe_width"),
+    (dict(min_lr=2.0), "min_lr"),
+    (dict(cheap_vendors=-1.0), "cheap_vendors"),
 ])
 def test_bad_torch_options_are_one_line_errors(small_data, overrides, hint):
     with pytest.raises(MarketplaceError, match=hint):

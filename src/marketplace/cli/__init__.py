@@ -37,13 +37,16 @@ def run(typer_app: typer.Typer, **kwargs) -> None:
     """Run a Typer app so that a user's mistake prints one line, not a traceback.
 
     click reports its own usage errors (exit 2); the library's errors on bad
-    input (MarketplaceError, and ValueError from argument checks) surface here.
+    input (MarketplaceError, and ValueError from argument checks) surface here,
+    each field they name shown as its flag (`probe_scale` -> `--probe-scale`).
     kwargs go to the app (e.g. args=, prog_name=).
     """
     try:
         typer_app(**kwargs)
     except (MarketplaceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        from .options import for_cli
+
+        print(f"error: {for_cli(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

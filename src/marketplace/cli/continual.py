@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional
 
 import typer
 
+from ..continual.config import ContinualConfig
+from ..continual.pretrain import PRETRAIN
 from ..errors import MarketplaceError
+from ..training.config import TrainConfig
 from . import app
+from . import options as opt
+from .options import option
 from .parse import ints, per_spec
 
 continual_app = typer.Typer(
@@ -20,113 +26,107 @@ continual_app = typer.Typer(
 @continual_app.command()
 def pretrain(
     exclude: str = typer.Option("9", help="classes left out of the loss (comma-separated; '' for none)"),
-    dataset: str = typer.Option("mnist"),
-    vendors: str = typer.Option("4,4,4", help="vendors per spec"),
-    batch: int = typer.Option(128),
-    lr: float = typer.Option(0.1),
-    decay: float = typer.Option(1e-5),
-    probe_scale: float = typer.Option(0.1),
-    unit: str = typer.Option("spec", help="'spec' or 'model' unit vector"),
-    steps: Optional[int] = typer.Option(None, help="stop after this many steps"),
-    max_seconds: Optional[float] = typer.Option(None, help="stop after this much wall time"),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto"),
-    eval_every: int = typer.Option(100),
-    eval_samples: int = typer.Option(10_000),
-    checkpoint: str = typer.Option("runs/no9.safetensors", help="where the pre-trained market goes"),
-    resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
-    log: Optional[str] = typer.Option(None, help="append a JSON line per logged step to this file"),
-    data_dir: Optional[str] = typer.Option(None),
-    json_out: bool = typer.Option(False, "--json", help="print one final JSON line"),
-    quiet: bool = typer.Option(False, help="no progress bar"),
+    dataset: str = opt.dataset(PRETRAIN),
+    vendors: str = opt.vendors(PRETRAIN),
+    batch: int = opt.batch(PRETRAIN),
+    lr: float = opt.lr(PRETRAIN),
+    decay: float = opt.decay(PRETRAIN),
+    probe_scale: float = opt.probe_scale(PRETRAIN),
+    unit: str = opt.unit(PRETRAIN),
+    steps: Optional[int] = opt.steps(PRETRAIN),
+    max_seconds: Optional[float] = opt.max_seconds(PRETRAIN),
+    seed: int = opt.seed(PRETRAIN),
+    device: str = opt.device(PRETRAIN),
+    eval_every: int = opt.eval_every(PRETRAIN),
+    eval_samples: int = opt.eval_samples(PRETRAIN),
+    checkpoint: str = option(PRETRAIN, "checkpoint", "where the pre-trained market goes"),
+    resume: bool = opt.resume(PRETRAIN),
+    log: Optional[str] = opt.log(),
+    data_dir: Optional[str] = opt.data_dir(PRETRAIN),
+    json_out: bool = opt.json_out(),
+    quiet: bool = opt.quiet(),
 ):
     """V2 pre-training with classes excluded from the loss (the held-out-9 experiment's start)."""
+    options = dict(locals())  # the options as given, before anything else is bound here
     from ..continual.pretrain import pretrain as run
-    from ..training import JsonLog, ProgressBar, TrainConfig
+    from ..training import JsonLog, ProgressBar
 
     excluded = ints(exclude, "--exclude") if exclude.strip() else ()
-    config = TrainConfig(dataset=dataset, algorithm="v2", vendors=ints(vendors, "--vendors"), batch=batch, lr=lr,
-                         decay=decay, probe_scale=probe_scale, per_spec=per_spec(unit), steps=steps,
-                         max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every,
-                         eval_samples=eval_samples, checkpoint=checkpoint, resume=resume, data_dir=data_dir)
     hooks = [] if quiet else [ProgressBar()]
     if log:
         hooks.append(JsonLog(log))
-    summary = run(config, excluded, hooks)
+    summary = run(pretrain_config(**options), excluded, hooks)
     if json_out:
         print(json.dumps(summary), flush=True)
 
 
-def _experiment(
-    experiment: str, checkpoint: str, steps: int, old_per_step: int, new_per_step: int, few_shot: bool,
-    vendors: str, lr: float, probe_scale: float, unit: str, records: Optional[int], outliers: Optional[float],
-    augment: bool, balanced: bool, baseline: bool, attribution: str, eval_every: int, eval_samples: int,
-    log_every: int, seed: int,
-    device: str, data_dir: Optional[str], log: Optional[str], plot: Optional[str], save: Optional[str],
-    checkpoint_every: int, resume: bool, json_out: bool, quiet: bool, mlflow: bool,
-) -> None:
-    from ..continual.experiment import ContinualConfig, run_experiment
+def pretrain_config(*, vendors: str, unit: str, exclude, log, json_out, quiet, **settings) -> TrainConfig:
+    """The TrainConfig of `pretrain`'s options: PRETRAIN with those given."""
+    return dataclasses.replace(PRETRAIN, vendors=ints(vendors, "--vendors"), per_spec=per_spec(unit), **settings)
+
+
+def continual_config(experiment: str, *, vendors: str, plot, json_out, quiet, mlflow, **settings) -> ContinualConfig:
+    """The ContinualConfig of an experiment command's options."""
+    return ContinualConfig(experiment=experiment, vendors=ints(vendors, "--vendors"), **settings)
+
+
+def _experiment(experiment: str, options: dict) -> None:
+    from ..continual.experiment import run_experiment
     from ..continual.report import PrintProgress, mlflow_hook, plot_log
     from ..training import JsonLog
 
-    config = ContinualConfig(
-        experiment=experiment, checkpoint=checkpoint, steps=steps, old_per_step=old_per_step,
-        new_per_step=new_per_step, few_shot=few_shot, vendors=ints(vendors, "--vendors"), lr=lr,
-        probe_scale=probe_scale, unit=unit, records=records, outliers=outliers, augment=augment,
-        balanced=balanced, baseline=baseline, attribution=attribution, eval_every=eval_every,
-        eval_samples=eval_samples, log_every=log_every,
-        seed=seed, device=device, data_dir=data_dir, log=log, save=save, checkpoint_every=checkpoint_every,
-        resume=resume)
-    hooks = [] if quiet else [PrintProgress()]
+    config = continual_config(experiment, **options)
+    log, plot = options["log"], options["plot"]
+    hooks = [] if options["quiet"] else [PrintProgress()]
     if log:
         hooks.append(JsonLog(log))
-    if mlflow:
+    if options["mlflow"]:
         hooks += mlflow_hook()
     summary = run_experiment(config, hooks)
     if plot:
         if not log:
             raise MarketplaceError("--plot needs --log (the plot is drawn from the log)")
         plot_log(log, plot)
-    if json_out:
+    if options["json_out"]:
         print(json.dumps(summary), flush=True)
 
 
 def _command(experiment: str, default_checkpoint: str, doc: str):
+    D = ContinualConfig(experiment=experiment, checkpoint=default_checkpoint)
+
     def command(
-        checkpoint: str = typer.Option(default_checkpoint, help="pre-trained V2 checkpoint to start from"),
-        steps: int = typer.Option(1000, help="continual-learning steps (one update each)"),
-        old_per_step: int = typer.Option(240, help="old-class images served per step"),
-        new_per_step: int = typer.Option(16, help="new-class images served per step"),
-        few_shot: bool = typer.Option(False, help="draw only from the first old/new images, as the published runs did"),
-        vendors: str = typer.Option("4,4,4", help="the serving market"),
-        lr: float = typer.Option(1e-2, help="fixed learning rate"),
-        probe_scale: float = typer.Option(1.0, help="vendors probe at lr * probe_scale"),
-        unit: str = typer.Option("model", help="unit vector over the whole 'model' (published) or per 'spec'"),
-        records: Optional[int] = typer.Option(None, help="K, records per update (default: images per step)"),
-        outliers: Optional[float] = typer.Option(None, help="drop losses beyond this many standard deviations"),
-        augment: bool = typer.Option(False, help="shift old images by up to 2 pixels"),
-        balanced: bool = typer.Option(False, help="spread vendors evenly over each batch's requests"),
-        baseline: bool = typer.Option(False, help="learn from each path's loss minus the base weights' loss"),
-        attribution: str = typer.Option("zscore", help="zscore (V2, as published) or rank (centred ranks)"),
-        eval_every: int = typer.Option(500, help="steps between validations (base weights, a fixed subsample)"),
-        eval_samples: int = typer.Option(2000, help="old-class validation images each time (the summary uses all)"),
-        log_every: int = typer.Option(50, help="steps per logged learning-accuracy window"),
-        seed: int = typer.Option(0),
-        device: str = typer.Option("auto"),
-        data_dir: Optional[str] = typer.Option(None),
-        log: Optional[str] = typer.Option(None, help="JSON-lines log of every step"),
+        checkpoint: str = option(D, "checkpoint", "pre-trained V2 checkpoint to start from"),
+        steps: int = opt.steps(D, "continual-learning steps (one update each)"),
+        old_per_step: int = option(D, "old_per_step", "old-class images served per step"),
+        new_per_step: int = option(D, "new_per_step", "new-class images served per step"),
+        few_shot: bool = option(D, "few_shot", "draw only from the first old/new images, as the published runs did"),
+        vendors: str = opt.vendors(D, "the serving market"),
+        lr: float = opt.lr(D, "fixed learning rate"),
+        probe_scale: float = opt.probe_scale(D),
+        unit: str = opt.unit(D, "unit vector over the whole 'model' (published) or per 'spec'"),
+        records: Optional[int] = opt.records(D, "K, records per update (default: images per step)"),
+        outliers: Optional[float] = option(D, "outliers", "drop losses beyond this many standard deviations"),
+        augment: bool = option(D, "augment", "shift old images by up to 2 pixels"),
+        balanced: bool = opt.balanced(D, "spread vendors evenly over each batch's requests"),
+        baseline: bool = opt.baseline(D),
+        attribution: str = opt.attribution(D, "zscore (V2, as published) or rank (centred ranks)"),
+        eval_every: int = opt.eval_every(D, "steps between validations (base weights, a fixed subsample)"),
+        eval_samples: int = opt.eval_samples(D, "old-class validation images each time (the summary uses all)"),
+        log_every: int = option(D, "log_every", "steps per logged learning-accuracy window"),
+        seed: int = opt.seed(D, "seeds the vendors and the serving paths"),
+        device: str = opt.device(D),
+        data_dir: Optional[str] = opt.data_dir(D),
+        log: Optional[str] = option(D, "log", "JSON-lines log of every step"),
         plot: Optional[str] = typer.Option(None, help="PNG of the curves (needs --log)"),
-        save: Optional[str] = typer.Option(None, help="the run's checkpoint: market, learner and progress"),
-        checkpoint_every: int = typer.Option(1000, help="steps between checkpoints to --save"),
-        resume: bool = typer.Option(False, help="continue from --save if it exists"),
-        json_out: bool = typer.Option(False, "--json", help="print one final JSON line"),
-        quiet: bool = typer.Option(False, help="no progress lines"),
+        save: Optional[str] = option(D, "save", "the run's checkpoint: market, learner and progress"),
+        checkpoint_every: int = opt.checkpoint_every(D, "steps between checkpoints to --save"),
+        resume: bool = opt.resume(D, "continue from --save if it exists"),
+        json_out: bool = opt.json_out("print one final JSON line"),
+        quiet: bool = opt.quiet("no progress lines"),
         mlflow: bool = typer.Option(True, help="also log to MLflow when `import mlflow` works"),
     ):
-        _experiment(experiment, checkpoint, steps, old_per_step, new_per_step, few_shot, vendors, lr, probe_scale,
-                    unit, records, outliers, augment, balanced, baseline, attribution, eval_every, eval_samples,
-                    log_every, seed,
-                    device, data_dir, log, plot, save, checkpoint_every, resume, json_out, quiet, mlflow)
+        options = {k: v for k, v in locals().items() if k != "experiment"}  # the options: not the closure's name
+        _experiment(experiment, options)
 
     command.__doc__ = doc
     return command
@@ -140,7 +140,7 @@ continual_app.command("dress-class10")(_command(
     "dress-class10", "runs/digits.safetensors",
     "MNIST digits, then Fashion-MNIST dress as a new class 10 (the head widened to 11 outputs)."))
 continual_app.command("nine")(_command(
-    "nine", "runs/no9.safetensors",
+    "nine", PRETRAIN.checkpoint,
     "Digits 0-8, then learn 9 (start: a `marketplace continual pretrain --exclude 9` checkpoint)."))
 
 

@@ -18,31 +18,32 @@ from typing import Any
 
 import typer
 
-from ..errors import MarketplaceError
+from ..distributed.config import DistributedConfig
 from . import app
+from .options import option
 from .train import train as train_command, train_config
 
 
 def _distributed_options(
-    axis: str = typer.Option("data", help="data: ranks split each batch (same vendors); "
-                             "replica: ranks probe different vendors on the same batch"),
-    backend: str = typer.Option("auto", help="auto (nccl on CUDA, gloo on CPU), gloo or nccl"),
-    timeout: float = typer.Option(120.0, help="seconds a collective waits for a peer before the run fails"),
-    check_every: int = typer.Option(100, help="steps between checks that every rank holds the same weights"),
+    axis: str = option(DistributedConfig, "axis", "data: ranks split each batch (same vendors); "
+                       "replica: ranks probe different vendors on the same batch"),
+    backend: str = option(DistributedConfig, "backend", "auto (nccl on CUDA, gloo on CPU), gloo or nccl"),
+    timeout: float = option(DistributedConfig, "timeout", "seconds a collective waits for a peer before the run "
+                            "fails"),
+    check_every: int = option(DistributedConfig, "check_every", "steps between checks that every rank holds the "
+                              "same weights"),
 ):
     """Only its signature is used: the options train-distributed adds to train's."""
 
 
 def train_distributed(**options: Any) -> None:
     """Train a model as a market on every rank of a torchrun job, exchanging only seeds and losses."""
-    from ..distributed import DistributedConfig, init_from_env, shutdown
+    from ..distributed import init_from_env, shutdown
     from ..training import JsonLog, ProgressBar, Trainer
     from ..training.hooks import RunLines
 
     dist_config = DistributedConfig(**{name: options.pop(name)
                                        for name in inspect.signature(_distributed_options).parameters})
-    if dist_config.check_every < 1:
-        raise MarketplaceError(f"--check-every must be >= 1, got {dist_config.check_every}")
     dist_config.validate()
     log, json_out, quiet = options["log"], options["json_out"], options["quiet"]
     config = train_config(**options)

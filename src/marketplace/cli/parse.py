@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from .. import checks
 from ..errors import MarketplaceError
 
 
@@ -32,13 +33,11 @@ def floats(text: str | None, name: str) -> tuple[float, ...] | None:
 
 def per_spec(unit: str) -> bool:
     """--unit: 'spec' (a unit vector per spec) -> True, 'model' (one over the whole model) -> False."""
-    if unit not in ("spec", "model"):
-        raise MarketplaceError(f"--unit must be 'spec' or 'model', got {unit!r}")
+    checks.one_of("unit", unit, checks.UNITS)
     return unit == "spec"
 
 
 def nonfinite_policy(value: str) -> str:
     """--on-nonfinite: 'stop' or 'skip' -> the optimizers' 'raise' or 'skip'."""
-    if value not in ("stop", "skip"):
-        raise MarketplaceError(f"--on-nonfinite must be 'stop' or 'skip', got {value!r}")
+    checks.one_of("on_nonfinite", value, ("stop", "skip"))
     return "raise" if value == "stop" else "skip"

@@ -10,8 +10,13 @@ from typing import Optional
 
 import typer
 
+from ..serving.config import ServerConfig
 from . import app
+from . import options as opt
+from .options import option
 from .parse import ints
+
+S = ServerConfig  # the server's defaults; the store's and the token's are worked out here (see serve)
 
 
 @app.command()
@@ -19,58 +24,59 @@ def serve(
     checkpoint: str = typer.Argument(..., help="a `marketplace train` checkpoint (safetensors)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (127.0.0.1: this machine only)"),
     port: int = typer.Option(8000),
-    records: int = typer.Option(256, help="K: labelled records per V2 update"),
-    lr: float = typer.Option(1e-2, help="fixed learning rate of the updates"),
-    probe_scale: float = typer.Option(1.0, help="vendors probe at lr * probe_scale"),
-    unit: str = typer.Option("model", help="unit vector over the whole 'model' or per 'spec'"),
-    seed: int = typer.Option(0, help="seeds the vendors and the serving paths"),
-    classes: Optional[int] = typer.Option(None, help="widen the head to this many classes (a new class)"),
-    vendors: Optional[str] = typer.Option(None, help="vendors per spec of the served market (default: the "
-                                                     "checkpoint's), e.g. 4,4,4"),
-    rank: Optional[int] = typer.Option(None, help="low-rank vendors of this rank, 0 dense (default: the checkpoint's)"),
+    records: int = opt.records(S, "K: labelled records per V2 update"),
+    lr: float = opt.lr(S, "fixed learning rate of the updates"),
+    probe_scale: float = opt.probe_scale(S),
+    unit: str = opt.unit(S, "unit vector over the whole 'model' or per 'spec'"),
+    seed: int = opt.seed(S, "seeds the vendors and the serving paths"),
+    classes: Optional[int] = option(S, "classes", "widen the head to this many classes (a new class)"),
+    vendors: Optional[str] = opt.vendors(S, "vendors per spec of the served market (default: the checkpoint's), "
+                                         "e.g. 4,4,4"),
+    rank: Optional[int] = option(S, "rank", "low-rank vendors of this rank, 0 dense (default: the checkpoint's)"),
     store: Optional[str] = typer.Option(None, help="directory of the SQLite store and the learner checkpoint "
                                         "(default: runs/server/<checkpoint>-<its hash>, one per checkpoint and "
                                         "--baseline setting, resumed when the same checkpoint is served again)"),
-    checkpoint_every: int = typer.Option(10, help="updates between learner checkpoints (also on SIGTERM)"),
-    keep_served: int = typer.Option(1_000_000, help="served requests kept for their labels (those of superseded "
-                                    "steps are forgotten anyway); a label for an older one counts stale"),
-    learning: bool = typer.Option(True, help="--no-learning: plain inference with the base weights"),
-    baseline: bool = typer.Option(False, help="answer with the base weights; learn from each path's loss minus "
-                                  "theirs (one more forward per batch)"),
-    attribution: str = typer.Option("zscore", help="how a step's losses are scored: zscore (V2, as published) or "
-                                    "rank (centred ranks: one record, however extreme its loss, moves an update "
-                                    "no more than any other)"),
-    balanced: bool = typer.Option(True, "--balanced/--independent", help="spread each served batch evenly over "
-                                  "the vendors (no padding) or draw every path independently"),
-    max_batch: int = typer.Option(512, help="inputs per batched forward"),
-    batch_window_ms: float = typer.Option(2.0, help="how long a forward waits for more requests"),
-    max_request: int = typer.Option(512, help="inputs per predict request"),
-    max_body: int = typer.Option(16 * 2**20, help="bytes per request body"),
+    checkpoint_every: int = opt.checkpoint_every(S, "updates between learner checkpoints (also on SIGTERM)"),
+    keep_served: int = option(S, "keep_served", "served requests kept for their labels (those of superseded "
+                              "steps are forgotten anyway); a label for an older one counts stale"),
+    learning: bool = option(S, "learning", "--no-learning: plain inference with the base weights"),
+    baseline: bool = opt.baseline(S, "answer with the base weights; learn from each path's loss minus theirs "
+                                  "(one more forward per batch)"),
+    attribution: str = opt.attribution(S, "how a step's losses are scored: zscore (V2, as published) or rank "
+                                       "(centred ranks: one record, however extreme its loss, moves an update no "
+                                       "more than any other)"),
+    balanced: bool = opt.balanced(S, "spread each served batch evenly over the vendors (no padding) or draw every "
+                                  "path independently", "--balanced/--independent"),
+    max_batch: int = option(S, "max_batch", "inputs per batched forward"),
+    batch_window_ms: float = option(S, "batch_window_ms", "how long a forward waits for more requests"),
+    max_request: int = option(S, "max_request", "inputs per predict request"),
+    max_body: int = option(S, "max_body", "bytes per request body"),
     token: Optional[str] = typer.Option(None, help="shared secret for feedback, report and admin; prefer "
                                         "$MARKETPLACE_TOKEN or --tokens-file (a command line is visible to every "
                                         "local user) [env: MARKETPLACE_TOKEN]"),
-    tokens_file: Optional[str] = typer.Option(None, envvar="MARKETPLACE_TOKENS_FILE",
-                                              help="named clients, 'NAME TOKEN' per line; edits (a new client, a "
-                                                   "revoked one) apply without a restart"),
-    protect_predict: bool = typer.Option(False, help="require the token on predict too"),
-    client_records: Optional[int] = typer.Option(None, help="records one client (one token) may send per step; "
-                                                 "more is refused with 429 (default: no cap)"),
-    client_rate: float = typer.Option(0.0, help="requests per second per client (one token); predict requests "
-                                      "without a valid token share one allowance; more is refused with 429 and "
-                                      "Retry-After (0: no limit)"),
-    client_burst: Optional[int] = typer.Option(None, help="requests a client may send at once after a pause "
-                                               "(default: one second's worth of --client-rate)"),
-    max_head: int = typer.Option(16 * 2**10, help="bytes of a request's URL and headers together (the URL alone: "
-                                 "half); more is refused with 414 or 431"),
-    device: str = typer.Option("cpu"),
+    tokens_file: Optional[str] = option(S, "tokens_file", "named clients, 'NAME TOKEN' per line; edits (a new "
+                                        "client, a revoked one) apply without a restart",
+                                        envvar="MARKETPLACE_TOKENS_FILE"),
+    protect_predict: bool = option(S, "protect_predict", "require the token on predict too"),
+    client_records: Optional[int] = option(S, "client_records", "records one client (one token) may send per "
+                                           "step; more is refused with 429 (default: no cap)"),
+    client_rate: float = option(S, "client_rate", "requests per second per client (one token); predict requests "
+                                "without a valid token share one allowance; more is refused with 429 and "
+                                "Retry-After (0: no limit)"),
+    client_burst: Optional[int] = option(S, "client_burst", "requests a client may send at once after a pause "
+                                         "(default: one second's worth of --client-rate)"),
+    max_head: int = option(S, "max_head", "bytes of a request's URL and headers together (the URL alone: half); "
+                           "more is refused with 414 or 431"),
+    device: str = opt.device(S, "cpu (the default), cuda, cuda:1, ..."),
     threads: Optional[int] = typer.Option(None, help="torch intra-op threads"),
     log_level: str = typer.Option("warning", help="uvicorn's log level"),
 ):
     """Serve predictions along random paths and learn from feedback (docs/server.md)."""
+    options = dict(locals())  # the options as given, before anything else is bound here
     import torch
     import uvicorn
 
-    from ..serving import ServerConfig, create_app, engine_from_checkpoint
+    from ..serving import create_app, engine_from_checkpoint
     from ..serving.auth import ENV_TOKEN, resolve_token
     from ..serving.protocol import uvicorn_options
 
@@ -81,15 +87,7 @@ def serve(
     else:
         secret, made_up = resolve_token(token)
     store = store or default_store(checkpoint, baseline, classes, attribution, rank)
-    config = ServerConfig(records=records, lr=lr, probe_scale=probe_scale, unit=unit, seed=seed, classes=classes,
-                          vendors=ints(vendors, "--vendors") if vendors else None, rank=rank,
-                          learning=learning, baseline=baseline, attribution=attribution, balanced=balanced,
-                          store=store,
-                          checkpoint_every=checkpoint_every, keep_served=keep_served, max_batch=max_batch,
-                          batch_window_ms=batch_window_ms, max_request=max_request, max_body=max_body,
-                          token=secret, tokens_file=tokens_file, protect_predict=protect_predict,
-                          client_records=client_records, client_rate=client_rate, client_burst=client_burst,
-                          max_head=max_head, device=device)
+    config = server_config(**{**options, "store": store, "token": secret})
     engine = engine_from_checkpoint(checkpoint, config)
     status, model = engine.status(), engine.model
     print(f"marketplace serve: http://{host}:{port} step {status['step']} "
@@ -103,8 +101,13 @@ def serve(
                 timeout_graceful_shutdown=10, **uvicorn_options(config.max_head))
 
 
-def default_store(checkpoint: str, baseline: bool = False, classes: int | None = None,
-                  attribution: str = "zscore", rank: int | None = None) -> str:
+def server_config(*, vendors: str | None, checkpoint, host, port, threads, log_level, **settings) -> ServerConfig:
+    """The ServerConfig of `serve`'s options (the store and the token as worked out)."""
+    return ServerConfig(vendors=ints(vendors, "--vendors") if vendors else None, **settings)
+
+
+def default_store(checkpoint: str, baseline: bool = S.baseline, classes: int | None = S.classes,
+                  attribution: str = S.attribution, rank: int | None = S.rank) -> str:
     """runs/server/NAME-HASH[-Nclasses][-baseline]: a store of its own for each starting point.
 
     A store remembers the weights (and head width, and baseline setting) it

@@ -9,60 +9,83 @@ from typing import Optional
 import typer
 
 from ..defaults import CLI_CHEAP_VENDORS
+from ..training.config import TrainConfig
 from . import app
+from . import options as opt
+from .options import join, option
 from .parse import floats, ints, nonfinite_policy, per_spec
+
+
+# The command's defaults: TrainConfig's, but the CLI buys cheap specs more vendors (defaults.CLI_CHEAP_VENDORS).
+DEFAULTS = TrainConfig(cheap_vendors=CLI_CHEAP_VENDORS)
+D = DEFAULTS
 
 
 @app.command()
 def train(
-    dataset: str = typer.Option("mnist", help="mnist, fashion-mnist or cifar10 (see --data for your own)"),
-    algorithm: str = typer.Option("v2", help="v1 (keep the best path), v2 (reconcile all paths) or adaptive"),
-    vendors: str = typer.Option("4,4,4", help="vendors per spec: 4,4,4 = the CNN split 3 ways; 64 = all at once"),
-    sampling: Optional[str] = typer.Option(None, help="upstream sampling per spec, 0 = all (default: all)"),
-    batch: int = typer.Option(128, help="examples per step"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: 0.15 for v2, 0.003 for v1)"),
-    decay: float = typer.Option(1e-5, help="lr <- lr * (1 - decay) every step"),
-    probe_scale: float = typer.Option(0.03, help="v2: vendors probe at lr * probe_scale"),
-    unit: str = typer.Option("spec", help="v2: unit vector per 'spec' or over the whole 'model'"),
-    meta_lr: float = typer.Option(0.1, help="adaptive: relative rate changes tried per step"),
-    rate_bounds: Optional[str] = typer.Option(None, help="adaptive: LO,HI keeps the rate within [LO, HI] x --lr (e.g. 0.5,2)"),
-    rate_smoothing: float = typer.Option(0.0, help="adaptive: keep an EMA of the chosen rates with this beta (0 = the chosen rate)"),
-    cheap_vendors: float = typer.Option(CLI_CHEAP_VENDORS, help="raise vendor counts where a spec is cheap while the step's FLOPs grow at most this much and its largest activation at most 8x (0.1 = 10%: 4,4,4 trains 4x4x64; 0 = exactly --vendors); the first line names the market trained"),
-    optimizer: str = typer.Option("sgd", help="v2: the torch.optim optimizer on the estimate: sgd (= V2), momentum, adam or adamw"),
-    momentum: float = typer.Option(0.9, help="momentum: the momentum factor"),
-    nesterov: bool = typer.Option(False, help="momentum: Nesterov's variant"),
-    weight_decay: float = typer.Option(0.0, help="v2: the torch optimizer's weight decay (decoupled for adamw)"),
-    schedule: str = typer.Option("constant", help="v2: lr schedule: constant, cosine, step (x0.1 at 1/2 and 3/4) or warmup-cosine"),
-    schedule_steps: Optional[int] = typer.Option(None, help="the schedule's horizon (default: --steps); past it the lr stays at its end value"),
-    warmup: int = typer.Option(0, help="warmup-cosine: steps of linear warmup"),
-    min_lr: float = typer.Option(0.0, help="cosine: the final lr as a fraction of --lr"),
-    probe_width: Optional[float] = typer.Option(None, help="v2: fixed probe width instead of lr * probe_scale (use with adam)"),
-    attribution: str = typer.Option("zscore", help="v2: path attribution: zscore (V2) or rank (centred ranks)"),
-    direction: str = typer.Option("unit", help="v2: unit (V2) or raw (R / probe width, for adam)"),
-    antithetic: bool = typer.Option(False, help="v2: vendors in mirrored pairs (delta, -delta)"),
-    clip: Optional[float] = typer.Option(None, help="v2: clip the estimate's global norm"),
-    rank: int = typer.Option(0, help="vendors of Linear/Conv2d/Embedding weights as rank-R products from their seeds (0 = dense)"),
-    steps: Optional[int] = typer.Option(None, help="stop after this many steps"),
-    max_seconds: Optional[float] = typer.Option(None, help="stop after this much wall time"),
-    seed: int = typer.Option(0, help="seeds the model, the batches and every vendor"),
-    device: str = typer.Option("auto", help="auto (CUDA if present), cpu, cuda, cuda:1, ..."),
-    eval_every: int = typer.Option(100, help="steps between test evaluations (base weights)"),
-    eval_samples: int = typer.Option(2_000, help="test examples used by the evaluations during training (the final one uses all)"),
-    checkpoint: Optional[str] = typer.Option(None, help="safetensors file written every --checkpoint-every steps and at the end"),
-    checkpoint_every: int = typer.Option(500, help="steps between checkpoints"),
-    resume: bool = typer.Option(False, help="continue from --checkpoint if it exists"),
-    on_nonfinite: str = typer.Option("stop", help="a NaN/inf loss: 'stop' with an error or 'skip' the update"),
-    regenerate_deltas: bool = typer.Option(False, help="regenerate deltas from seeds instead of caching them"),
-    log: Optional[str] = typer.Option(None, help="append a JSON line per logged step to this file"),
-    data_dir: Optional[str] = typer.Option(None, help="directory with the IDX files (else $MARKETPLACE_DATA_DIR, the cache, a download)"),
-    json_out: bool = typer.Option(False, "--json", help="print one final JSON line with the results"),
-    quiet: bool = typer.Option(False, help="no progress: only the first line (the market) and the result"),
+    dataset: str = opt.dataset(D),
+    algorithm: str = option(D, "algorithm", "v1 (keep the best path), v2 (reconcile all paths) or adaptive"),
+    vendors: str = opt.vendors(D, "vendors per spec: 4,4,4 = the CNN split 3 ways; 64 = all at once"),
+    sampling: Optional[str] = option(D, "sampling", "upstream sampling per spec, 0 = all (default: all)", show=join),
+    batch: int = opt.batch(D),
+    lr: Optional[float] = opt.lr(D, "learning rate (default: 0.15 for v2, 0.003 for v1)"),
+    decay: float = opt.decay(D),
+    probe_scale: float = opt.probe_scale(D, "v2: vendors probe at lr * probe_scale"),
+    unit: str = opt.unit(D, "v2: unit vector per 'spec' or over the whole 'model'"),
+    meta_lr: float = option(D, "meta_lr", "adaptive: relative rate changes tried per step"),
+    rate_bounds: Optional[str] = option(D, "rate_bounds", "adaptive: LO,HI keeps the rate within [LO, HI] x --lr "
+                                        "(e.g. 0.5,2)", show=join),
+    rate_smoothing: float = option(D, "rate_smoothing", "adaptive: keep an EMA of the chosen rates with this beta "
+                                   "(0 = the chosen rate)"),
+    cheap_vendors: float = option(D, "cheap_vendors", "raise vendor counts where a spec is cheap while the step's "
+                                  "FLOPs grow at most this much and its largest activation at most 8x (0.1 = 10%: "
+                                  "4,4,4 trains 4x4x64; 0 = exactly --vendors); the first line names the market "
+                                  "trained"),
+    optimizer: str = option(D, "optimizer", "v2: the torch.optim optimizer on the estimate: sgd (= V2), momentum, "
+                            "adam or adamw"),
+    momentum: float = option(D, "momentum", "momentum: the momentum factor"),
+    nesterov: bool = option(D, "nesterov", "momentum: Nesterov's variant"),
+    weight_decay: float = option(D, "weight_decay", "v2: the torch optimizer's weight decay (decoupled for adamw)"),
+    schedule: str = option(D, "schedule", "v2: lr schedule: constant, cosine, step (x0.1 at 1/2 and 3/4) or "
+                           "warmup-cosine"),
+    schedule_steps: Optional[int] = option(D, "schedule_steps", "the schedule's horizon (default: --steps); past it "
+                                           "the lr stays at its end value"),
+    warmup: int = option(D, "warmup", "warmup-cosine: steps of linear warmup"),
+    min_lr: float = option(D, "min_lr", "cosine: the final lr as a fraction of --lr"),
+    probe_width: Optional[float] = option(D, "probe_width", "v2: fixed probe width instead of lr * probe_scale "
+                                          "(use with adam)"),
+    attribution: str = opt.attribution(D, "v2: path attribution: zscore (V2) or rank (centred ranks)"),
+    direction: str = option(D, "direction", "v2: unit (V2) or raw (R / probe width, for adam)"),
+    antithetic: bool = option(D, "antithetic", "v2: vendors in mirrored pairs (delta, -delta)"),
+    clip: Optional[float] = option(D, "clip", "v2: clip the estimate's global norm"),
+    rank: int = option(D, "rank", "vendors of Linear/Conv2d/Embedding weights as rank-R products from their seeds "
+                       "(0 = dense)"),
+    steps: Optional[int] = opt.steps(D),
+    max_seconds: Optional[float] = opt.max_seconds(D),
+    seed: int = opt.seed(D),
+    device: str = opt.device(D),
+    eval_every: int = opt.eval_every(D),
+    eval_samples: int = opt.eval_samples(D),
+    checkpoint: Optional[str] = option(D, "checkpoint", "safetensors file written every --checkpoint-every steps "
+                                       "and at the end"),
+    checkpoint_every: int = opt.checkpoint_every(D),
+    resume: bool = opt.resume(D),
+    on_nonfinite: str = option(D, "on_nonfinite", "a NaN/inf loss: 'stop' with an error or 'skip' the update",
+                               show=lambda policy: "stop" if policy == "raise" else policy),
+    regenerate_deltas: bool = option(D, "cache_deltas", "regenerate deltas from seeds instead of caching them",
+                                     "--regenerate-deltas/--no-regenerate-deltas",
+                                     show=lambda cache: not cache),
+    log: Optional[str] = opt.log(),
+    data_dir: Optional[str] = opt.data_dir(D),
+    json_out: bool = opt.json_out(),
+    quiet: bool = opt.quiet("no progress: only the first line (the market) and the result"),
     # -- your model, your data --
-    model: str = typer.Option("beautiful-mnist", help="a preset (beautiful-mnist, mlp, resnet, resnet8, resnet20, "
-                              "resnet18) or your factory: pkg.module:build or path/file.py:build"),
-    split: Optional[str] = typer.Option(None, help="layer indices where a factory's nn.Sequential is cut into specs, e.g. 3,6"),
-    data_file: Optional[str] = typer.Option(None, "--data", help=".npz or .pt file with x_train, y_train, x_test, "
-                                            "y_test (replaces --dataset)"),
+    model: str = option(D, "model", "a preset (beautiful-mnist, mlp, resnet, resnet8, resnet20, resnet18) or your "
+                        "factory: pkg.module:build or path/file.py:build"),
+    split: Optional[str] = option(D, "split", "layer indices where a factory's nn.Sequential is cut into specs, "
+                                  "e.g. 3,6", show=join),
+    data_file: Optional[str] = option(D, "data", ".npz or .pt file with x_train, y_train, x_test, y_test "
+                                      "(replaces --dataset)", "--data"),
 ):
     """Train a model as a market (the beautiful-MNIST CNN by default) and report test accuracy.
 
@@ -99,8 +122,6 @@ def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, pro
 
     reporting: how the command reports (--log, --json, --quiet), not what it trains.
     """
-    from ..training import TrainConfig
-
     return TrainConfig(
         dataset=dataset, algorithm=algorithm, vendors=ints(vendors, "--vendors"),
         sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,

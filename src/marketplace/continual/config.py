@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import MarketplaceError
+from .. import checks
+from ..functional import ATTRIBUTIONS
 
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "probe_scale", "unit",
@@ -54,19 +55,15 @@ class ContinualConfig:
         """One-line errors naming the argument, before any data is loaded."""
         from .experiment import EXPERIMENTS
 
-        if self.experiment not in EXPERIMENTS:
-            raise MarketplaceError(f"unknown experiment {self.experiment!r}; choose from {', '.join(EXPERIMENTS)}")
+        checks.known("experiment", self.experiment, EXPERIMENTS)
         if self.steps < 1 or self.old_per_step < 0 or self.new_per_step < 0 or self.old_per_step + self.new_per_step < 2:
-            raise MarketplaceError("need steps >= 1 and at least 2 images per step")
-        if self.attribution not in ("zscore", "rank"):
-            raise MarketplaceError(f"attribution must be 'zscore' or 'rank', got {self.attribution!r}")
-        if self.unit not in ("spec", "model"):
-            raise MarketplaceError(f"unit must be 'spec' or 'model', got {self.unit!r}")
+            raise checks.fail("need steps >= 1 and at least 2 images per step", "steps")
+        checks.one_of("attribution", self.attribution, ATTRIBUTIONS)
+        checks.one_of("unit", self.unit, checks.UNITS)
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise MarketplaceError(f"{name} must be >= 1, got {getattr(self, name)}")
+            checks.at_least(name, getattr(self, name), 1)
         if self.resume and not self.save:
-            raise MarketplaceError("resume needs save, the run's checkpoint to continue from")
+            raise checks.fail("resume needs save, the run's checkpoint to continue from", "resume", "save")
 
     def resume_differences(self, saved: dict[str, Any]) -> list[str]:
         """The learning settings in which this config differs from a saved one, in words."""

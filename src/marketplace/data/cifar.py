@@ -101,8 +101,8 @@ def _locate(data_dir: str | os.PathLike | None) -> Path:
             return directory / ARCHIVE
     if offline():
         raise DataError(f"CIFAR-10 not found: searched {', '.join(map(str, searched))} for {FOLDER}/ or "
-                        f"{ARCHIVE}; downloading is off (MARKETPLACE_OFFLINE); pass --data-dir DIR or "
-                        "unset MARKETPLACE_OFFLINE to download")
+                        f"{ARCHIVE}; downloading is off (MARKETPLACE_OFFLINE); pass data_dir DIR or "
+                        "unset MARKETPLACE_OFFLINE to download", fields=("data_dir",))
     dest = cache_dir() / NAME / ARCHIVE
     print(f"cifar10: not found locally; downloading {URL} into {dest.parent}", file=sys.stderr)
     try:

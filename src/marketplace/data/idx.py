@@ -192,13 +192,13 @@ def _check_md5(path: Path | str, name: str, fname: str, digest: str) -> None:
         return
     other = [n for n, i in DATASETS.items() if n != name and i.md5.get(fname) == digest]
     hint = (
-        f" (it is the {other[0]} file: point data_dir (--data-dir) at the {name} directory)"
+        f" (it is the {other[0]} file: point data_dir at the {name} directory)"
         if other
         else "; delete it and download it again"
     )
     raise DataError(
         f"{path}: MD5 checksum mismatch for {name} {fname} "
-        f"(got {digest}, expected {expected}){hint}"
+        f"(got {digest}, expected {expected}){hint}", fields=("data_dir",) if other else ()
     )
 
 

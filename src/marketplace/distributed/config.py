@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import MarketplaceError
+from .. import checks
 from .collectives import Collectives
 from .data_axis import DataAxis
 from .replica_axis import ReplicaAxis
@@ -25,10 +25,9 @@ class DistributedConfig:
     check_every: int = 100  # steps between weights-hash checks
 
     def validate(self) -> None:
-        if self.axis not in AXES:
-            raise MarketplaceError(f"unknown axis {self.axis!r}; choose from {', '.join(AXES)}")
-        if self.check_every < 1:
-            raise MarketplaceError(f"check_every must be >= 1, got {self.check_every}")
+        """The axis and the checks; `init_from_env` checks the backend and timeout it is given."""
+        checks.known("axis", self.axis, AXES)
+        checks.at_least("check_every", self.check_every, 1)
 
     def axis_for(self, comm: Collectives) -> DataAxis | ReplicaAxis:
         """The axis this config names, over the group `comm` talks to."""

@@ -51,8 +51,8 @@ class DataAxis:
     def check(self, optimizer: MarketOptimizer, batch: int) -> None:
         """Every optimizer works on the data axis; every rank needs at least one example."""
         if batch < self.comm.world_size:
-            raise MarketplaceError(f"--batch {batch} is smaller than the {self.comm.world_size} ranks of the "
-                                   "data axis: every rank needs at least one example")
+            raise MarketplaceError(f"batch {batch} is smaller than the {self.comm.world_size} ranks of the "
+                                   "data axis: every rank needs at least one example", fields=("batch",))
 
     def shard(self, batch: int) -> slice:
         """This rank's examples of a batch."""

@@ -15,6 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .. import checks
 from ..errors import MarketplaceError
 from .collectives import Collectives, DistributedError
 
@@ -38,10 +39,9 @@ def _pick(backend: str, device: str, local_rank: int) -> tuple[str, torch.device
     """The backend, the device its collectives use and the device this rank trains on.
 
     NCCL: both are cuda:LOCAL_RANK. gloo: collectives on the CPU; training on
-    the CPU, or on cuda:LOCAL_RANK when --device asks for CUDA.
+    the CPU, or on cuda:LOCAL_RANK when the device asks for CUDA.
     """
-    if backend not in BACKENDS:
-        raise MarketplaceError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    checks.known("backend", backend, BACKENDS)
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise MarketplaceError(f"unknown device {device!r}; distributed runs take auto, cpu or cuda")
     wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
@@ -56,7 +56,7 @@ def _pick(backend: str, device: str, local_rank: int) -> tuple[str, torch.device
     if backend == "gloo":
         return backend, torch.device("cpu"), gpu or torch.device("cpu")
     if gpu is None:
-        raise MarketplaceError("--backend nccl works on CUDA tensors; use --backend gloo on the CPU")
+        raise checks.fail("backend nccl works on CUDA tensors; use backend gloo on the CPU", "backend")
     return backend, gpu, gpu
 
 
@@ -68,7 +68,7 @@ def init_from_env(backend: str = "auto", device: str = "auto", timeout: float = 
     timeout: seconds any collective (and the rendezvous) may wait for a peer.
     """
     if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise MarketplaceError(f"--timeout must be > 0 seconds, got {timeout!r}")
+        raise checks.fail(f"timeout must be > 0 seconds, got {timeout!r}", "timeout")
     if not any(name in os.environ for name in ENV):
         _, comm_device, train_device = _pick(backend, device, 0)
         return Collectives(0, 1, comm_device, timeout, backend=None, train_device=train_device)

@@ -51,7 +51,7 @@ class ReplicaAxis:
 
     def check(self, optimizer: MarketOptimizer, batch: int) -> None:
         if isinstance(optimizer, AdaptiveV2):
-            raise MarketplaceError("the adaptive algorithm runs on the data axis only (--axis data)")
+            raise MarketplaceError("the adaptive algorithm runs on the data axis only")
         if not isinstance(optimizer, (V1, V2)):
             raise MarketplaceError(f"the replica axis supports v1 and v2, not {type(optimizer).__name__}")
 

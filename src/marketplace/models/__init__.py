@@ -24,7 +24,8 @@ def _beautiful_mnist(specs, input_shape, classes, norm="instance"):
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ModelError(f"the beautiful-mnist preset reads square images [C, H, H], not {list(input_shape)}")
     if specs not in (1, 2, 3):
-        raise ModelError(f"the beautiful-mnist preset splits into 1, 2 or 3 specs, not {specs} (--vendors counts)")
+        raise ModelError(f"the beautiful-mnist preset splits into 1, 2 or 3 specs, not {specs} (vendors counts)",
+                         fields=("vendors",))
     return beautiful_mnist(specs, classes, norm, in_channels=input_shape[0], size=input_shape[1])
 
 
@@ -60,7 +61,7 @@ def build_model(name: str, specs: int, input_shape: Sequence[int], classes: int,
     """
     if name in PRESETS:
         if split:
-            raise ModelError(f"--split cuts a user's nn.Sequential; the {name} preset splits itself")
+            raise ModelError(f"split cuts a user's nn.Sequential; the {name} preset splits itself", fields=("split",))
         return PRESETS[name](specs, tuple(input_shape), classes, norm=norm)
     if is_factory_source(name):
         return build_user_model(name, input_shape, classes, split, specs)

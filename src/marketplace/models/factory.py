@@ -44,7 +44,7 @@ def _import(module: str, source: str):
     if _is_path(module):
         path = Path(module).expanduser()
         if not path.is_file():
-            raise ModelError(f"--model {source}: no file {path}")
+            raise ModelError(f"model {source}: no file {path}", fields=("model",))
         name = "marketplace_user_model_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
         spec = importlib.util.spec_from_file_location(name, path)
         loaded = importlib.util.module_from_spec(spec)
@@ -53,7 +53,8 @@ def _import(module: str, source: str):
             spec.loader.exec_module(loaded)
         except Exception as e:
             sys.modules.pop(name, None)
-            raise ModelError(f"--model {source}: {path} failed to import ({type(e).__name__}: {e})") from e
+            raise ModelError(f"model {source}: {path} failed to import ({type(e).__name__}: {e})",
+                             fields=("model",)) from e
         return loaded
     cwd = os.getcwd()
     added = cwd not in sys.path
@@ -62,9 +63,10 @@ def _import(module: str, source: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ModelError(f"--model {source}: cannot import {module} ({e})") from e
+        raise ModelError(f"model {source}: cannot import {module} ({e})", fields=("model",)) from e
     except Exception as e:
-        raise ModelError(f"--model {source}: {module} failed to import ({type(e).__name__}: {e})") from e
+        raise ModelError(f"model {source}: {module} failed to import ({type(e).__name__}: {e})",
+                         fields=("model",)) from e
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
@@ -73,14 +75,15 @@ def _import(module: str, source: str):
 def load_factory(source: str) -> Callable:
     """The callable that `source` names."""
     if not is_factory_source(source):
-        raise ModelError(f"--model {source!r} is neither a preset nor MODULE:FACTORY or FILE.py:FACTORY")
+        raise ModelError(f"model {source!r} is neither a preset nor MODULE:FACTORY or FILE.py:FACTORY",
+                         fields=("model",))
     module, _, attr = source.rpartition(":")
     loaded = _import(module, source)
     factory = getattr(loaded, attr, None)
     if factory is None:
-        raise ModelError(f"--model {source}: {module} has no {attr!r}")
+        raise ModelError(f"model {source}: {module} has no {attr!r}", fields=("model",))
     if not callable(factory):
-        raise ModelError(f"--model {source}: {attr} is a {type(factory).__name__}, not a function")
+        raise ModelError(f"model {source}: {attr} is a {type(factory).__name__}, not a function", fields=("model",))
     return factory
 
 
@@ -99,8 +102,8 @@ def split_sequential(model: nn.Sequential, split: Sequence[int]) -> list[nn.Modu
     n = len(model)
     bounds = [0, *split, n]
     if any(not 0 < i < n for i in split) or any(a >= b for a, b in zip(bounds, bounds[1:])):
-        raise ModelError(f"--split {','.join(map(str, split))} must be increasing layer indices "
-                         f"between 1 and {n - 1} (the Sequential has {n} layers)")
+        raise ModelError(f"split {','.join(map(str, split))} must be increasing layer indices "
+                         f"between 1 and {n - 1} (the Sequential has {n} layers)", fields=("split",))
     return [nn.Sequential(*model[a:b]) for a, b in zip(bounds, bounds[1:])]
 
 
@@ -114,19 +117,21 @@ def as_specs(result: object, source: str, split: Sequence[int] | None = None,
         if split:
             return split_sequential(result, split)
         if specs not in (None, 1):
-            raise ModelError(f"--model {source} returns one nn.Sequential of {len(result)} layers: "
-                             f"give --split with {specs - 1} layer indices to cut it into {specs} specs")
+            raise ModelError(f"model {source} returns one nn.Sequential of {len(result)} layers: "
+                             f"give split with {specs - 1} layer indices to cut it into {specs} specs",
+                             fields=("model", "split"))
         return [result]
     if split:
-        raise ModelError(f"--split cuts an nn.Sequential, but --model {source} returns a {type(result).__name__}")
+        raise ModelError(f"split cuts an nn.Sequential, but model {source} returns a {type(result).__name__}",
+                         fields=("split", "model"))
     if isinstance(result, (list, tuple, nn.ModuleList)) and len(result) > 0:
         for i, item in enumerate(result):
             if not isinstance(item, nn.Module):
-                raise ModelError(f"--model {source} returned a list whose item {i} is a "
-                                 f"{type(item).__name__}, not an nn.Module")
+                raise ModelError(f"model {source} returned a list whose item {i} is a "
+                                 f"{type(item).__name__}, not an nn.Module", fields=("model",))
         return list(result)
-    raise ModelError(f"--model {source} returned a {type(result).__name__}: a factory returns a non-empty "
-                     "list of nn.Modules (one per spec) or one nn.Sequential with --split")
+    raise ModelError(f"model {source} returned a {type(result).__name__}: a factory returns a non-empty "
+                     "list of nn.Modules (one per spec) or one nn.Sequential with split", fields=("model", "split"))
 
 
 def build_user_model(source: str, input_shape: Sequence[int], classes: int,
@@ -136,5 +141,5 @@ def build_user_model(source: str, input_shape: Sequence[int], classes: int,
     try:
         result = factory(**_arguments(factory, input_shape, classes))
     except Exception as e:
-        raise ModelError(f"--model {source}: the factory raised {type(e).__name__}: {e}") from e
+        raise ModelError(f"model {source}: the factory raised {type(e).__name__}: {e}", fields=("model",)) from e
     return as_specs(result, source, split, specs)

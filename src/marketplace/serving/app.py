@@ -23,10 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
-from ..errors import MarketplaceError
+from ..errors import MarketplaceError, RateLimited
 from .auth import Tokens
 from .batcher import MicroBatcher
-from .limits import ANONYMOUS, RateLimited, RateLimiter
+from .limits import ANONYMOUS, RateLimiter
 from .engine import Engine, RequestError
 from .metrics import Metrics
 from .protocol import HeadLimit

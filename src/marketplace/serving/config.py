@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MarketplaceError
+from .. import checks
+from ..functional import ATTRIBUTIONS
 
 
 @dataclass
@@ -69,34 +69,31 @@ class ServerConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        """One-line errors naming the field (the CLI names its flag)."""
         if not isinstance(self.records, int) or self.records < 2:
-            raise MarketplaceError(f"--records must be an integer >= 2 (V2 standardizes K losses), got {self.records}")
-        for name in ("lr", "probe_scale"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+            raise checks.fail(f"records must be an integer >= 2 (V2 standardizes K losses), got {self.records}",
+                              "records")
+        checks.positive("lr", self.lr)
+        checks.positive("probe_scale", self.probe_scale)
         if self.rank is not None and (not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0):
-            raise MarketplaceError(f"--rank must be an integer >= 0 (0 = dense vendors), got {self.rank}")
-        if self.client_records is not None and self.client_records < 1:
-            raise MarketplaceError(f"--client-records must be >= 1, got {self.client_records}")
-        if not math.isfinite(self.client_rate) or self.client_rate < 0:
-            raise MarketplaceError(f"--client-rate must be a finite number >= 0 (0: no limit), got {self.client_rate}")
-        if self.client_burst is not None and self.client_burst < 1:
-            raise MarketplaceError(f"--client-burst must be >= 1, got {self.client_burst}")
-        if self.max_head < 1024:
-            raise MarketplaceError(f"--max-head must be >= 1024 bytes, got {self.max_head}")
-        if self.attribution not in ("zscore", "rank"):
-            raise MarketplaceError(f"--attribution must be 'zscore' or 'rank', got {self.attribution!r}")
-        if self.unit not in ("spec", "model"):
-            raise MarketplaceError(f"--unit must be 'spec' or 'model', got {self.unit!r}")
+            raise checks.fail(f"rank must be an integer >= 0 (0 = dense vendors), got {self.rank}", "rank")
+        if self.client_records is not None:
+            checks.at_least("client_records", self.client_records, 1)
+        checks.positive("client_rate", self.client_rate, zero=True)
+        if self.client_burst is not None:
+            checks.at_least("client_burst", self.client_burst, 1)
+        checks.at_least("max_head", self.max_head, 1024)
+        checks.one_of("attribution", self.attribution, ATTRIBUTIONS)
+        checks.one_of("unit", self.unit, checks.UNITS)
         for name in ("checkpoint_every", "keep_served", "max_batch", "max_request", "max_records", "max_body"):
-            if getattr(self, name) < 1:
-                raise MarketplaceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            checks.at_least(name, getattr(self, name), 1)
         if not 0 <= self.batch_window_ms <= 1000:
-            raise MarketplaceError(f"--batch-window-ms must lie in [0, 1000], got {self.batch_window_ms}")
+            raise checks.fail(f"batch_window_ms must lie in [0, 1000], got {self.batch_window_ms}", "batch_window_ms")
         if self.max_request > self.max_batch:
-            raise MarketplaceError(f"--max-request ({self.max_request}) cannot exceed --max-batch ({self.max_batch})")
+            raise checks.fail(f"max_request ({self.max_request}) cannot exceed max_batch ({self.max_batch})",
+                              "max_request", "max_batch")
         if not self.token and not self.tokens_file:
-            raise MarketplaceError("the server needs a token (--token, $MARKETPLACE_TOKEN or a tokens file)")
+            raise checks.fail("the server needs a secret: token, $MARKETPLACE_TOKEN or tokens_file",
+                              "token", "tokens_file")
         if Path(self.store).exists() and not Path(self.store).is_dir():
-            raise MarketplaceError(f"--store {self.store} is a file; it must be a directory (or not exist yet)")
+            raise checks.fail(f"store {self.store} is a file; it must be a directory (or not exist yet)", "store")

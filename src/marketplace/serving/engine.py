@@ -99,21 +99,21 @@ class Engine:
             self.store.set_meta("source", self.source)
         elif known != self.source:
             raise MarketplaceError(f"the store {root} was made for other starting weights ({known[:12]}, not "
-                                   f"{self.source[:12]}): pick another --store or the same checkpoint")
+                                   f"{self.source[:12]}): serve the same checkpoint or pick another store directory")
         baseline, stored = "on" if self.config.baseline else "off", self.store.get_meta("baseline")
         if stored is None:  # its records' losses are relative to the base weights or not: that cannot change
             self.store.set_meta("baseline", baseline)
         elif stored != baseline:
             raise MarketplaceError(f"the store {root} was made with the baseline {stored}, not {baseline}: "
-                                   "start with the same --baseline setting or pick another --store")
+                                   "start with the same baseline setting or pick another store directory")
         stored = self.store.get_meta("attribution")
         if stored is None:  # a new store, or one made before the option (those learned with z-scores)
             stored = "zscore" if self.store.last_seq() else self.config.attribution
             self.store.set_meta("attribution", stored)
         if stored != self.config.attribution:
             raise MarketplaceError(f"the store {root} learns with the {stored} attribution, not "
-                                   f"{self.config.attribution}: start with the same --attribution or pick another "
-                                   "--store")
+                                   f"{self.config.attribution}: start with the same attribution or pick another "
+                                   "store directory")
         if (root / LEARNER_FILE).exists():
             self._load(root / LEARNER_FILE)
         self._replay()

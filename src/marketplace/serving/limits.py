@@ -16,17 +16,9 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import RequestError
+from ..errors import RateLimited
 
 ANONYMOUS = "(anonymous)"  # the one bucket of requests without a valid token
-
-
-class RateLimited(RequestError):
-    """A 429 that says when to come back: `retry_after` seconds (an integer, at least 1, for Retry-After)."""
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message, 429)
-        self.retry_after = retry_after
 
 
 class RateLimiter:

@@ -53,8 +53,8 @@ def build_market(config: TrainConfig, device: torch.device, input_shape: Sequenc
         specs = build_model(config.model, len(config.vendors), input_shape, classes, config.split,
                             norm=norm_layer(config.norm, config.batch))
     if len(specs) != len(config.vendors):
-        raise MarketplaceError(f"--vendors has {len(config.vendors)} counts but --model {config.model} has "
-                               f"{len(specs)} specs: give one count per spec")
+        raise MarketplaceError(f"vendors has {len(config.vendors)} counts but model {config.model} has "
+                               f"{len(specs)} specs: give one count per spec", fields=("model", "vendors"))
     sampling = list(config.sampling) if config.sampling else 0
     return Market(specs, list(market_vendors(config, specs, input_shape)), sampling, rank=config.rank).to(device)
 

@@ -99,12 +99,12 @@ def _activations(specs: Sequence, input_shape: Sequence[int]) -> list[int]:
 
 
 def describe_market(asked: Sequence[int], trained: Sequence[int], slack: float) -> str:
-    """`4x4x64 (asked 4,4,4; --cheap-vendors 0.1 gave the head 64 vendors)`: the market, and why it is not the one asked."""
+    """`4x4x64 (asked 4,4,4; cheap_vendors=0.1 gave the head 64 vendors)`: the market, and why not the one asked."""
     name = "x".join(map(str, trained))
     if tuple(asked) == tuple(trained):
         return name
     last = len(trained) - 1
     raised = [f"{'the head' if k == last else f'spec {k}'} {m}" for k, (a, m) in enumerate(zip(asked, trained))
               if a != m]
-    return (f"{name} (asked {','.join(map(str, asked))}; --cheap-vendors {slack:g} gave {' and '.join(raised)} "
-            "vendors; --cheap-vendors 0 keeps your counts)")
+    return (f"{name} (asked {','.join(map(str, asked))}; cheap_vendors={slack:g} gave {' and '.join(raised)} "
+            "vendors; cheap_vendors=0 keeps your counts)")

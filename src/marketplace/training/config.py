@@ -6,16 +6,16 @@ import json
 import math
 from dataclasses import dataclass
 
+from .. import checks
 from ..data import DATASET_NAMES
 from ..defaults import DEFAULT_LR
-from ..errors import MarketplaceError
 from ..norms import NORM_NAMES
 from ..functional import ATTRIBUTIONS
 from ..optim import DIRECTIONS, OPTIMIZERS
 from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 
 # What a resumed run must share with its checkpoint: the settings that shape the weights' path. The
-# others (--steps, --max-seconds, evaluation, logging, the device, where data and checkpoints live) may
+# others (steps, max_seconds, evaluation, logging, the device, where data and checkpoints live) may
 # change between the parts of one run; the lr schedule's horizon is checked too (resume_differences).
 RESUME_FIXED = ("dataset", "data", "model", "split", "norm", "seed", "algorithm", "vendors", "sampling",
                 "cheap_vendors", "batch", "lr", "decay", "probe_scale", "per_spec", "meta_lr", "rate_bounds",
@@ -81,7 +81,7 @@ class TrainConfig:
         return any(getattr(self, n) != defaults[n].default for n in names)
 
     def horizon(self) -> int | None:
-        """The step at which the lr schedule ends: --schedule-steps, else --steps."""
+        """The step at which the lr schedule ends: schedule_steps, else steps."""
         return self.schedule_steps if self.schedule_steps is not None else self.steps
 
     def resume_differences(self, saved: dict) -> list[str]:
@@ -105,83 +105,78 @@ class TrainConfig:
             horizon = saved.get("schedule_steps") or saved.get("steps")
             if horizon is not None and horizon != self.horizon():
                 out.append(f"a {self.schedule} schedule over {horizon} steps, not {self.horizon()} "
-                           f"(--schedule-steps {horizon} continues it)")
+                           f"(schedule_steps={horizon} continues it)")
         return out
 
     def validate(self) -> None:
-        if self.dataset not in DATASET_NAMES:
-            raise MarketplaceError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASET_NAMES)}")
-        if self.algorithm not in OPTIMIZERS:
-            raise MarketplaceError(f"unknown algorithm {self.algorithm!r}; choose from {', '.join(OPTIMIZERS)}")
+        """One-line errors naming the field (the CLI names its flag), before any data is loaded."""
+        checks.known("dataset", self.dataset, DATASET_NAMES)
+        checks.known("algorithm", self.algorithm, OPTIMIZERS)
         if not self.vendors:
-            raise MarketplaceError("--vendors needs one count per spec, e.g. 4,4,4")
+            raise checks.fail("vendors needs one count per spec, e.g. 4,4,4", "vendors")
         if any(v < 1 for v in self.vendors):
-            raise MarketplaceError(f"every spec needs at least 1 vendor, got {list(self.vendors)}")
-        if self.batch < 1:
-            raise MarketplaceError(f"--batch must be >= 1, got {self.batch}")
+            raise checks.fail(f"every spec needs at least 1 vendor, got {list(self.vendors)}", "vendors")
+        checks.at_least("batch", self.batch, 1)
         if self.steps is None and self.max_seconds is None:
-            raise MarketplaceError("give --steps or --max-seconds (or both) so the run knows when to stop")
-        if self.steps is not None and self.steps < 1:
-            raise MarketplaceError(f"--steps must be >= 1, got {self.steps}")
-        if self.max_seconds is not None and not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
-            raise MarketplaceError(f"--max-seconds must be a finite number > 0, got {self.max_seconds}")
+            raise checks.fail("give steps or max_seconds (or both) so the run knows when to stop",
+                              "steps", "max_seconds")
+        if self.steps is not None:
+            checks.at_least("steps", self.steps, 1)
+        if self.max_seconds is not None:
+            checks.positive("max_seconds", self.max_seconds)
         if self.resume and not self.checkpoint:
-            raise MarketplaceError("--resume needs --checkpoint PATH")
-        if self.norm not in NORM_NAMES:
-            raise MarketplaceError(f"unknown norm {self.norm!r}; choose from {', '.join(NORM_NAMES)}")
+            raise checks.fail("resume needs a checkpoint path", "resume", "checkpoint")
+        checks.known("norm", self.norm, NORM_NAMES)
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise MarketplaceError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            checks.at_least(name, getattr(self, name), 1)
         if not self.model:
-            raise MarketplaceError("--model needs a preset name or MODULE:FACTORY")
+            raise checks.fail("model needs a preset name or MODULE:FACTORY", "model")
         if self.split is not None and any(i < 1 for i in self.split):
-            raise MarketplaceError(f"--split takes layer indices >= 1, got {list(self.split)}")
-        for name in ("decay", "probe_scale", "meta_lr") + (("lr",) if self.lr is not None else ()):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (name != "decay" and value == 0):
-                raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+            raise checks.fail(f"split takes layer indices >= 1, got {list(self.split)}", "split")
+        checks.positive("decay", self.decay, zero=True)
+        for name in ("probe_scale", "meta_lr") + (("lr",) if self.lr is not None else ()):
+            checks.positive(name, getattr(self, name))
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
-            raise MarketplaceError(f"--rank must be an integer >= 0 (0 = dense vendors), got {self.rank}")
+            raise checks.fail(f"rank must be an integer >= 0 (0 = dense vendors), got {self.rank}", "rank")
         if self.decay >= 1:
-            raise MarketplaceError(f"--decay must be below 1, got {self.decay}")
+            raise checks.fail(f"decay must be below 1, got {self.decay}", "decay")
         self._validate_adaptive_options()
         self._validate_torch_options()
 
     def _validate_adaptive_options(self) -> None:
         if self.algorithm != "adaptive" and (self.rate_bounds is not None or self.rate_smoothing != 0):
-            raise MarketplaceError("--rate-bounds and --rate-smoothing apply to --algorithm adaptive only")
+            raise checks.fail("rate_bounds and rate_smoothing apply to algorithm adaptive only",
+                              "rate_bounds", "rate_smoothing", "algorithm")
         if self.rate_bounds is not None:
             b = self.rate_bounds
             if len(b) != 2 or not all(math.isfinite(v) for v in b) or not 0 < b[0] <= 1 <= b[1]:
-                raise MarketplaceError(f"--rate-bounds takes LO,HI with 0 < LO <= 1 <= HI (times the initial "
-                                       f"--lr), got {','.join(str(v) for v in b)}")
-        if not (math.isfinite(self.rate_smoothing) and 0 <= self.rate_smoothing < 1):
-            raise MarketplaceError(f"--rate-smoothing must be in [0, 1), got {self.rate_smoothing}")
+                raise checks.fail(f"rate_bounds takes LO,HI with 0 < LO <= 1 <= HI (times the initial lr), "
+                                  f"got {','.join(str(v) for v in b)}", "rate_bounds", "lr")
+        checks.fraction("rate_smoothing", self.rate_smoothing)
 
     def _validate_torch_options(self) -> None:
-        for name, value, choices in (("optimizer", self.optimizer, OPTIMIZER_NAMES),
-                                     ("schedule", self.schedule, SCHEDULE_NAMES),
-                                     ("attribution", self.attribution, tuple(ATTRIBUTIONS)),
-                                     ("direction", self.direction, DIRECTIONS)):
-            if value not in choices:
-                raise MarketplaceError(f"unknown --{name} {value!r}; choose from {', '.join(choices)}")
+        checks.known("optimizer", self.optimizer, OPTIMIZER_NAMES)
+        checks.known("schedule", self.schedule, SCHEDULE_NAMES)
+        checks.known("attribution", self.attribution, ATTRIBUTIONS)
+        checks.known("direction", self.direction, DIRECTIONS)
         if self.algorithm != "v2" and self.torch_options_used():
-            raise MarketplaceError("--optimizer, --schedule and the estimator options apply to --algorithm v2 only")
+            raise checks.fail("optimizer, schedule and the estimator options apply to algorithm v2 only",
+                              "optimizer", "schedule", "algorithm")
         if not (math.isfinite(self.cheap_vendors) and 0 <= self.cheap_vendors <= 10):
-            raise MarketplaceError(f"--cheap-vendors is a FLOP slack in [0, 10] (0.05 = 5%), got {self.cheap_vendors}")
-        if not 0 <= self.momentum < 1:
-            raise MarketplaceError(f"--momentum must be in [0, 1), got {self.momentum}")
+            raise checks.fail(f"cheap_vendors is a FLOP slack in [0, 10] (0.05 = 5%), got {self.cheap_vendors}",
+                              "cheap_vendors")
+        checks.fraction("momentum", self.momentum)
         if not 0 <= self.min_lr <= 1:
-            raise MarketplaceError(f"--min-lr must be a fraction of --lr in [0, 1], got {self.min_lr}")
-        for name in ("weight_decay",) + (("probe_width",) if self.probe_width is not None else ()) + (
-                ("clip",) if self.clip is not None else ()):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (name != "weight_decay" and value == 0):
-                raise MarketplaceError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+            raise checks.fail(f"min_lr must be a fraction of lr in [0, 1], got {self.min_lr}", "min_lr", "lr")
+        checks.positive("weight_decay", self.weight_decay, zero=True)
+        for name in ("probe_width", "clip"):
+            if getattr(self, name) is not None:
+                checks.positive(name, getattr(self, name))
         if self.warmup < 0 or (self.schedule_steps is not None and self.schedule_steps < 1):
-            raise MarketplaceError("--warmup must be >= 0 and --schedule-steps >= 1")
+            raise checks.fail("warmup must be >= 0 and schedule_steps >= 1", "warmup", "schedule_steps")
         if self.schedule != "constant" and self.horizon() is None:
-            raise MarketplaceError(f"--schedule {self.schedule} needs a horizon: give --steps or --schedule-steps")
+            raise checks.fail(f"schedule {self.schedule} needs a horizon: give steps or schedule_steps",
+                              "schedule", "steps", "schedule_steps")
         if self.schedule == "warmup-cosine" and not 0 < self.warmup < self.horizon():
-            raise MarketplaceError(f"--schedule warmup-cosine needs 0 < --warmup < the horizon "
-                                   f"({self.horizon()} steps), got {self.warmup}")
+            raise checks.fail(f"schedule warmup-cosine needs 0 < warmup < the horizon "
+                              f"({self.horizon()} steps), got {self.warmup}", "schedule", "warmup")

@@ -173,8 +173,8 @@ class Trainer:
             self.market.load_state_dict(state["model"])
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{path} holds a different model than --vendors {list(self.config.vendors)}: "
-                                  f"{first}") from e
+            raise CheckpointError(f"{path} holds a different model than vendors {list(self.config.vendors)}: "
+                                  f"{first}", fields=("vendors",)) from e
         self.optimizer.load_state_dict(state["optimizer"])
         self.seconds_before, self.test_accuracy = state["seconds"], state["test_accuracy"]
         return True
@@ -255,7 +255,7 @@ class Trainer:
         return bool(self.comm.broadcast(flag, "control")[0])
 
     def summary(self, test_loss: float, seconds: float, steps_run: int) -> dict[str, Any]:
-        """The run's results; the vendors are the counts trained, after --cheap-vendors."""
+        """The run's results; the vendors are the counts trained, after cheap_vendors."""
         cfg, opt = self.config, self.optimizer
         out = {"test_accuracy": self.test_accuracy, "test_loss": test_loss, "steps": opt.steps,
                "seconds": round(seconds, 3), "skipped_steps": opt.skipped, "dataset": cfg.data or cfg.dataset,
