@@ -87,7 +87,7 @@ def test_resume_after_a_crash_from_a_periodic_checkpoint(small_data, tmp_path):
                  dict(algorithm="adaptive", vendors=(2,), rate_bounds=(0.5, 2)),
                  "rate_bounds=None, not (0.5, 2)", id="rate-bounds"),
     pytest.param(dict(schedule="cosine"), dict(schedule="cosine", steps=6),
-                 "over 1 steps, not 6 (--schedule-steps 1 continues it)", id="schedule-horizon"),
+                 "over 1 steps, not 6 (schedule_steps=1 continues it)", id="schedule-horizon"),
 ])
 def test_resume_with_other_settings_is_refused_in_one_line(small_data, tmp_path, saved, given, hint):
     """A checkpoint restores the optimizer's rates: a setting that differs would be overridden silently."""
