@@ -219,10 +219,11 @@ def mb(n: float) -> str:
 def markdown(result: dict) -> str:
     lines = [f"# Low-rank vendors against dense ones ({result['device']})", "",
              f"Machine: {result['machine']}. Load average {result['load_average']} (1, 5, 15 min). "
-             f"Peak memory: {result['peak_method']}. Step time: median of {result['rounds']} interleaved rounds.",
-             "", "| model | vendors | batch | rank | numbers per vendor, per spec | per vendor (KB) | x dense "
-             "| vendor MB | peak MB | vendor share | x dense | step ms | x dense |",
-             "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"Peak memory: {result['peak_method']}. Step time: median of {result['rounds']} interleaved rounds."]
+    if result["rows"]:
+        lines += ["", "| model | vendors | batch | rank | numbers per vendor, per spec | per vendor (KB) | x dense "
+                  "| vendor MB | peak MB | vendor share | x dense | step ms | x dense |",
+                  "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
         numbers = " / ".join(f"{s['numbers']:,}" for s in r["per_vendor"])
         share = "" if r["vendor_share"] is None else f"{100 * r['vendor_share']:.0f}%"
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
               "warmup": args.warmup, "peak_method": peak_method, "note": args.note, "rows": rows}
     if args.quality:
         result["quality"] = quality(ranks, seeds, args.steps, str(device), args.data_dir)
-    result["load_average"] = ", ".join(f"{v:.1f}" for v in (*load,))
+    result["load_average"] = ", ".join(f"{v:.1f}" for v in load)
     out = Path(args.out or RUNS / f"lowrank_{tag}")
     write_json(out.with_suffix(".json"), result)
     text = markdown(result)
