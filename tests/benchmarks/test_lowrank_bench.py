@@ -37,3 +37,11 @@ def test_default_output_is_outside_the_committed_results(monkeypatch, tmp_path):
     lowrank_script()["main"](["--configs", "mnist-cnn:1x1x1", "--ranks", "1", "--rounds", "1", "--batch", "1",
                               "--warmup", "0", "--device", "cpu"])
     assert (tmp_path / "runs" / "bench" / "lowrank_cpu.json").is_file()
+
+
+def test_quality_mode_trains_each_rank_at_equal_steps(tmp_path, small_data):
+    out = tmp_path / "quality"
+    result = lowrank_script()["main"](["--configs", "", "--quality", "--ranks", "1", "--steps", "2", "--seeds", "0",
+                                       "--device", "cpu", "--data-dir", str(small_data), "--out", str(out)])
+    assert [(q["rank"], q["steps"], len(q["test_accuracy"])) for q in result["quality"]] == [(0, 2, 1), (1, 2, 1)]
+    assert "| rank | accuracy per seed (%) | mean ± std |" in out.with_suffix(".md").read_text()
