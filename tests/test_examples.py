@@ -68,3 +68,9 @@ def test_custom_model_docstring_commands_run(args, monkeypatch, capsys, small_da
                              "--quiet", "--data-dir", small_data)
     assert code == 0, err
     assert out.splitlines()[0].startswith("market ") and "after 2 steps" in out.splitlines()[-1]
+
+
+def test_finetune_moves_a_backprop_model_to_all_ten_digits(data_dir, capsys):
+    before, after = load("finetune").main(pretrain=100, steps=150, data_dir=str(data_dir))
+    assert after > before
+    assert "before (trained on 0-4)" in capsys.readouterr().out
