@@ -34,6 +34,11 @@ VARIANTS: dict[str, dict] = {
     "baseline, lr 3e-2": {"baseline": True, "lr": 3e-2, "probe_scale": 1 / 3},
     "baseline, lr 1e-1": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1},
     "baseline, vendors 4x4x16": {"baseline": True, "vendors": (4, 4, 16)},
+    # learn with large steps, then let the old-class records repair what their noise cost
+    "baseline, lr 1e-1 to 1e-2 over the second half": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
+                                                       "lr_end": 1e-2, "lr_hold": "half"},
+    "baseline, lr 1e-1, rank attribution": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank"},
+    "baseline, lr 1e-1, vendors 4x4x16": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1, "vendors": (4, 4, 16)},
     "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},
@@ -68,10 +73,13 @@ def run_variant(args: argparse.Namespace, name: str, out: Path) -> dict:
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     save = out / f"{slug(name)}.safetensors"
+    settings = dict(VARIANTS[name])
+    if settings.get("lr_hold") == "half":
+        settings["lr_hold"] = args.steps // 2
     config = ContinualConfig(experiment=args.experiment, checkpoint=args.checkpoint, steps=args.steps,
                              few_shot=args.few_shot, eval_every=args.eval_every, eval_samples=args.eval_samples,
                              device="cpu", data_dir=args.data_dir, save=str(save), resume=save.exists(),
-                             **VARIANTS[name])
+                             **settings)
     summary = run_experiment(config, [PrintProgress(every_seconds=60), JsonLog(out / f"{slug(name)}.jsonl")])
     summary["variant"] = name
     write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")

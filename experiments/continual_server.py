@@ -46,6 +46,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--probe-scale", type=float, default=1.0)
     p.add_argument("--vendors", default="4,4,4")
+    p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
+    p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"])
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--log-every", type=int, default=50)
@@ -85,13 +87,15 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     vendors = tuple(int(v) for v in args.vendors.split(","))
     config = ContinualConfig(experiment=args.experiment, checkpoint=args.checkpoint, steps=args.steps,
-                             vendors=vendors, lr=args.lr, probe_scale=args.probe_scale, eval_every=args.eval_every,
+                             vendors=vendors, lr=args.lr, probe_scale=args.probe_scale, baseline=args.baseline,
+                             attribution=args.attribution, eval_every=args.eval_every,
                              eval_samples=args.eval_samples, log_every=args.log_every, seed=args.seed,
                              device="cpu", data_dir=args.data_dir)
     run = ContinualRun(config)  # the stream and the validation sets; its market holds the server's weights
     classes = ["--classes", "11"] if args.experiment == "dress-class10" else []
     server = ServerProcess(args.checkpoint, store, "--records", 256, "--lr", args.lr, "--probe-scale",
                            args.probe_scale, "--unit", "model", "--seed", args.seed, "--vendors", args.vendors,
+                           "--attribution", args.attribution, *(["--baseline"] if args.baseline else []),
                            "--independent", *classes, log=out / "server.log").start()
     if not args.resume:
         log.unlink(missing_ok=True)

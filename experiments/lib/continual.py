@@ -38,6 +38,8 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--few-shot", action="store_true", help=f"the published sampling: {exp.FEW_SHOT}")
     p.add_argument("--vendors", default=",".join(map(str, d.vendors)))
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-end", type=float, default=d.lr_end, help="decay the rate geometrically to this at the end")
+    p.add_argument("--lr-hold", type=int, default=d.lr_hold, help="steps at --lr before the decay starts")
     p.add_argument("--probe-scale", type=float, default=d.probe_scale)
     p.add_argument("--unit", default=d.unit, choices=["model", "spec"])
     p.add_argument("--records", type=int, default=None, help="K records per update (default: a step's images)")
@@ -78,6 +80,7 @@ def run_script(experiment: str, description: str, argv: list[str] | None = None)
     config = ContinualConfig(
         experiment=experiment, checkpoint=args.checkpoint, steps=args.steps, old_per_step=args.old_per_step,
         new_per_step=args.new_per_step, few_shot=args.few_shot, vendors=vendors, lr=args.lr,
+        lr_end=args.lr_end, lr_hold=args.lr_hold,
         probe_scale=args.probe_scale, unit=args.unit, records=args.records, outliers=args.outliers,
         augment=args.augment, balanced=args.balanced, baseline=args.baseline, attribution=args.attribution,
         eval_every=args.eval_every,

@@ -121,3 +121,30 @@ def test_killed_script_resumes_to_the_same_weights(base, small_data, tmp_path):
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
     steps, _, _ = read_log(out / "nine.jsonl")
     assert [r["step"] for r in steps] == list(range(0, target + 1))
+
+
+def test_rate_schedule_holds_then_decays_to_lr_end():
+    from marketplace.continual.config import scheduled_rate
+
+    cfg = ContinualConfig(steps=100, lr=0.1, lr_end=0.01, lr_hold=50)
+    rates = [scheduled_rate(cfg, s) for s in range(101)]
+    assert rates[:51] == [0.1] * 51
+    assert all(a > b for a, b in zip(rates[50:], rates[51:]))
+    assert rates[75] == pytest.approx(0.1 * 0.1 ** 0.5) and rates[100] == pytest.approx(0.01)
+    assert {scheduled_rate(ContinualConfig(steps=100, lr=0.1), s) for s in range(101)} == {0.1}
+    with pytest.raises(Exception, match="lr_end must be positive"):
+        ContinualConfig(lr_end=0.0).validate()
+
+
+def test_resumed_run_follows_the_rate_schedule(base, small_data, tmp_path):
+    schedule = dict(lr_end=0.005, lr_hold=4)  # the interrupted run stops where the decay starts
+    run_experiment(config(base, small_data, tmp_path / "a", **schedule))
+    run_experiment(config(base, small_data, tmp_path / "b", steps=4, **schedule))
+    run_experiment(config(base, small_data, tmp_path / "b", resume=True, **schedule))
+    a = load_checkpoint(tmp_path / "a" / "run.safetensors")
+    b = load_checkpoint(tmp_path / "b" / "run.safetensors")
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+    last_rate = 0.05 * (0.005 / 0.05) ** 0.5  # the rate of step 5, the last one
+    assert a.meta["config"]["lr_end"] == 0.005
+    assert float(torch.as_tensor(a.optimizer["optimizer/lr"]).reshape(-1)[0]) == pytest.approx(last_rate)

@@ -9,8 +9,8 @@ from .. import checks
 from ..functional import ATTRIBUTIONS
 
 # Settings that shape what is learned: a run resumes only with the same values.
-LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "probe_scale", "unit",
-                   "records", "outliers", "augment", "balanced", "baseline", "attribution", "seed")
+LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "lr_end", "lr_hold",
+                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution", "seed")
 
 
 @dataclass
@@ -32,6 +32,8 @@ class ContinualConfig:
     few_shot: bool = False  # the published sampling: the first 240 old and first 16 new images only
     vendors: tuple[int, ...] = (4, 4, 4)  # the serving market (the checkpoint's spec split must match)
     lr: float = 1e-2
+    lr_end: float | None = None  # the rate at the last step; None: lr throughout (see `scheduled_rate`)
+    lr_hold: int = 0  # steps at lr before it decays towards lr_end
     probe_scale: float = 1.0
     unit: str = "model"  # whole-model unit vector, as published
     records: int | None = None  # K; None: one update per step (old + new per step)
@@ -60,6 +62,10 @@ class ContinualConfig:
             raise checks.fail("need steps >= 1 and at least 2 images per step", "steps")
         checks.one_of("attribution", self.attribution, ATTRIBUTIONS)
         checks.one_of("unit", self.unit, checks.UNITS)
+        if self.lr_end is not None and not self.lr_end > 0:
+            raise checks.fail(f"lr_end must be positive, got {self.lr_end!r}", "lr_end")
+        if self.lr_hold < 0:
+            raise checks.fail(f"lr_hold must be >= 0, got {self.lr_hold!r}", "lr_hold")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
             checks.at_least(name, getattr(self, name), 1)
         if self.resume and not self.save:
@@ -76,3 +82,17 @@ class ContinualConfig:
             if old != new:
                 out.append(f"{name}={old!r} (now {new!r})")
         return out
+
+
+def scheduled_rate(config: ContinualConfig, step: int) -> float:
+    """The learning rate of `step`: lr for the first lr_hold steps, then geometric decay to lr_end at the last.
+
+    A pure function of the step, so a resumed run follows the same schedule.
+    Learning the new class needs large steps; once it is learned, smaller
+    ones let the old-class records pull back what the noise of the large
+    ones cost (each update moves the weights by exactly lr).
+    """
+    if config.lr_end is None or step < config.lr_hold:
+        return config.lr
+    span = max(config.steps - config.lr_hold, 1)
+    return config.lr * (config.lr_end / config.lr) ** (min(step - config.lr_hold, span) / span)

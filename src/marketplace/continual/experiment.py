@@ -29,7 +29,7 @@ from ..optim import V2
 from ..rng import derive_seeds
 from ..training import Hook, accuracy, load_checkpoint, save_checkpoint
 from . import dress, dress_class10, nine
-from .config import ContinualConfig
+from .config import ContinualConfig, scheduled_rate
 from .learner import ContinualLearner
 from .losses import per_example_cross_entropy
 from .pretrain import load_market
@@ -136,6 +136,7 @@ class ContinualRun:
     def learn(self, step: int) -> dict[str, float]:
         """Serve and learn from one step's images; the counts of correct answers and summed losses."""
         x, y = self.batch(step)
+        self.learner.optimizer.lr = [scheduled_rate(self.config, step)] * self.market.depth
         response = self.learner.serve(x, labels=y)
         with torch.no_grad():
             losses = per_example_cross_entropy(response.logits, y)
