@@ -46,6 +46,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--probe-scale", type=float, default=1.0)
     p.add_argument("--vendors", default="4,4,4")
+    p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
+                   help="zscore (V2, as published, as the in-process runs) or rank (the server's default)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--log-every", type=int, default=50)
@@ -85,14 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     vendors = tuple(int(v) for v in args.vendors.split(","))
     config = ContinualConfig(experiment=args.experiment, checkpoint=args.checkpoint, steps=args.steps,
-                             vendors=vendors, lr=args.lr, probe_scale=args.probe_scale, eval_every=args.eval_every,
-                             eval_samples=args.eval_samples, log_every=args.log_every, seed=args.seed,
-                             device="cpu", data_dir=args.data_dir)
+                             vendors=vendors, lr=args.lr, probe_scale=args.probe_scale, attribution=args.attribution,
+                             eval_every=args.eval_every, eval_samples=args.eval_samples, log_every=args.log_every,
+                             seed=args.seed, device="cpu", data_dir=args.data_dir)
     run = ContinualRun(config)  # the stream and the validation sets; its market holds the server's weights
     classes = ["--classes", "11"] if args.experiment == "dress-class10" else []
     server = ServerProcess(args.checkpoint, store, "--records", 256, "--lr", args.lr, "--probe-scale",
-                           args.probe_scale, "--unit", "model", "--seed", args.seed, "--vendors", args.vendors,
-                           "--independent", *classes, log=out / "server.log").start()
+                           args.probe_scale, "--unit", "model", "--attribution", args.attribution, "--seed", args.seed,
+                           "--vendors", args.vendors, "--independent", *classes, log=out / "server.log").start()
     if not args.resume:
         log.unlink(missing_ok=True)
     kind = PrivateClient if args.private else Client
