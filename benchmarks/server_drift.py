@@ -70,7 +70,8 @@ def drift(checkpoint: str, root: Path, args) -> dict:
     test_x, test_y = data.load_split("mnist", "test")
     test_x, test_y = test_x[: args.test], test_y[: args.test]
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.requests]
-    learn = ("--records", args.records, "--lr", args.lr, "--probe-scale", args.probe_scale, "--checkpoint-every", 50)
+    learn = ("--records", args.records, "--lr", args.lr, "--probe-scale", args.probe_scale, "--checkpoint-every", 50,
+             "--attribution", args.attribution)
     servers = {"baseline": ServerProcess(checkpoint, root / "baseline", *learn, "--baseline", token=TOKEN,
                                          log=root / "baseline.log"),
                "paths": ServerProcess(checkpoint, root / "paths", *learn, token=TOKEN, log=root / "paths.log"),
@@ -114,13 +115,15 @@ def dress_through_http(checkpoint: str, root: Path, steps: int) -> dict:
     """The first `steps` steps of the dress experiment, over HTTP and in process, from the same seeds."""
     from marketplace.continual.experiment import ContinualConfig, ContinualRun
 
-    config = ContinualConfig(experiment="dress", checkpoint=checkpoint, steps=steps, device="cpu", seed=0)
+    config = ContinualConfig(experiment="dress", checkpoint=checkpoint, steps=steps, device="cpu", seed=0,
+                             attribution="zscore")  # the published settings
     run = ContinualRun(config)
     start = {n: v.clone() for n, v in run.market.state_dict().items()}
     k = config.old_per_step + config.new_per_step
     server = ServerProcess(checkpoint, root / "dress", "--classes", 11, "--records", k, "--lr", config.lr,
                            "--probe-scale", config.probe_scale, "--unit", config.unit, "--seed", config.seed,
-                           "--independent", "--max-batch", k, "--max-request", k, token=TOKEN, log=root / "dress.log")
+                           "--attribution", config.attribution, "--independent", "--max-batch", k, "--max-request", k,
+                           token=TOKEN, log=root / "dress.log")
     with server, Client(server.url, TOKEN) as client:
         for step in range(steps):
             x, y = run.batch(step)
@@ -210,6 +213,8 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5000)
     parser.add_argument("--test", type=int, default=1000, help="held-out test images at the end")
     parser.add_argument("--dress-steps", type=int, default=10)
+    parser.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
+                        help="the drift's learning servers (the committed results: zscore, as published)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RUNS / "drift_cpu"),
                         help="default runs/bench/drift_cpu; results/server/drift_cpu is the committed one")

@@ -4,7 +4,7 @@
         --checkpoint results/continual/bases/no9.safetensors --steps 2000 --out runs/screens/nine
 
 Every variant changes the published settings (lr 1e-2 fixed, probes at lr,
-whole-model unit vector, 4x4x4, 240 + 16 images per step, one update per
+whole-model unit vector, z-scores, 4x4x4, 240 + 16 images per step, one update per
 step) in one respect and runs the same stream for `--steps` steps from the
 same base. Each run is resumable (its own checkpoint under --out); running
 the same command again skips finished variants and resumes an unfinished
@@ -25,7 +25,10 @@ from marketplace.continual.report import PrintProgress
 from marketplace.io import write_atomic
 from marketplace.training import JsonLog
 
-# name -> what it changes in ContinualConfig; "published" first: every other row is compared with it.
+# The published settings where they differ from ContinualConfig's defaults (which score losses by rank).
+PUBLISHED: dict = {"attribution": "zscore"}
+
+# name -> what it changes in the published settings; "published" first: every other row is compared with it.
 VARIANTS: dict[str, dict] = {
     "published": {},
     "baseline": {"baseline": True},  # path loss minus base loss: the example's difficulty cancels
@@ -67,19 +70,24 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
+def settings(name: str, steps: int) -> dict:
+    """The ContinualConfig fields of a variant: the published settings, changed in one respect."""
+    out = {**PUBLISHED, **VARIANTS[name]}
+    if out.get("lr_hold") == "half":
+        out["lr_hold"] = steps // 2
+    return out
+
+
 def run_variant(args: argparse.Namespace, name: str, out: Path) -> dict:
     """Run (or resume, or read back) one variant; its summary."""
     summary_path = out / f"{slug(name)}.json"
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     save = out / f"{slug(name)}.safetensors"
-    settings = dict(VARIANTS[name])
-    if settings.get("lr_hold") == "half":
-        settings["lr_hold"] = args.steps // 2
     config = ContinualConfig(experiment=args.experiment, checkpoint=args.checkpoint, steps=args.steps,
                              few_shot=args.few_shot, eval_every=args.eval_every, eval_samples=args.eval_samples,
                              device="cpu", data_dir=args.data_dir, save=str(save), resume=save.exists(),
-                             **settings)
+                             **settings(name, args.steps))
     summary = run_experiment(config, [PrintProgress(every_seconds=60), JsonLog(out / f"{slug(name)}.jsonl")])
     summary["variant"] = name
     write_atomic(summary_path, json.dumps(summary, indent=2) + "\n")

@@ -47,7 +47,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probe-scale", type=float, default=1.0)
     p.add_argument("--vendors", default="4,4,4")
     p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
-    p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"])
+    p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
+                   help="zscore (V2, as published, as the in-process runs) or rank (the server's default)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--log-every", type=int, default=50)

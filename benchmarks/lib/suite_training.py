@@ -143,13 +143,14 @@ class TrainingParts:
         run_steps = steps
         if steps > 200:  # time 50 steps first, then ask only for what fits
             probe = ContinualConfig(experiment=experiment, checkpoint=str(checkpoint), steps=50, eval_every=10**9,
-                                    device=str(self.device), data_dir=self.data_dir, eval_samples=200)
+                                    device=str(self.device), data_dir=self.data_dir, eval_samples=200,
+                                    attribution="zscore")
             rate = run_experiment(probe)["steps_per_second"]
             fit = int(max(1.0, min(cap_s, self.left() - 20.0)) * rate * 0.85)  # room for the validations
             run_steps = max(1, min(steps, fit))
         config = ContinualConfig(experiment=experiment, checkpoint=str(checkpoint), steps=run_steps,
                                  eval_every=max(1, run_steps // 10), device=str(self.device),
-                                 data_dir=self.data_dir, eval_samples=2000)
+                                 data_dir=self.data_dir, eval_samples=2000, attribution="zscore")  # as published
         summary = run_experiment(config, hooks=[Track()])
         keep = ("steps", "seconds", "steps_per_second", "val_old_start", "val_old_end", "val_new_start",
                 "val_new_end", "old_drop_points", "target_met", "pretrain_test_accuracy")

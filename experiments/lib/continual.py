@@ -28,7 +28,7 @@ BASES = {"dress": "results/continual/bases/digits.safetensors",
 
 
 def parser(experiment: str, description: str) -> argparse.ArgumentParser:
-    """The script's arguments: those of `ContinualConfig`, with its defaults."""
+    """The script's arguments: those of `ContinualConfig`, with its defaults but the published zscore."""
     exp, d = EXPERIMENTS[experiment], ContinualConfig()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--checkpoint", default=BASES[experiment], help="the base to start from")
@@ -47,7 +47,8 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true")
     p.add_argument("--balanced", action="store_true")
     p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
-    p.add_argument("--attribution", default=d.attribution, choices=["zscore", "rank"])
+    p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
+                   help="how a step's losses are scored: zscore (V2, as published) or rank (centred ranks)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-samples", type=int, default=d.eval_samples)
     p.add_argument("--log-every", type=int, default=d.log_every)

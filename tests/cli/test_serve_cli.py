@@ -40,9 +40,25 @@ def test_the_default_store_is_one_per_checkpoint(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # build the engine, listen nowhere
     monkeypatch.chdir(tmp_path)
     first, second = tiny_checkpoint(tmp_path / "a.safetensors"), tiny_checkpoint(tmp_path / "b.safetensors", seed=1)
-    for ckpt, extra in ((first, ()), (second, ()), (second, ("--baseline",)), (first, ())):  # the last resumes
+    runs = ((first, ()), (second, ()), (second, ("--baseline",)), (first, ("--attribution", "zscore")),
+            (first, ()))  # the last resumes the first
+    for ckpt, extra in runs:
         code, out, err = run_cli(monkeypatch, capsys, "serve", ckpt, "--token", "t", *extra)
         assert code == 0, err
         assert "runs/server/" in err.splitlines()[0]
     stores = sorted(p.name for p in (tmp_path / "runs" / "server").iterdir())
-    assert len(stores) == 3 and stores[0].startswith("a-") and stores[-1].endswith("-baseline")
+    assert len(stores) == 4 and sum(s.endswith("-baseline-rank") for s in stores) == 1
+    # rank, the default, has a store of its own: one made under zscore keeps its name and is never reused by it
+    a = sorted(s for s in stores if s.startswith("a-"))
+    assert len(a) == 2 and a[1] == a[0] + "-rank"
+
+
+def test_a_store_made_under_zscore_refuses_a_rank_server(monkeypatch, capsys, tmp_path, checkpoint):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    store = ("--token", "t", "--store", tmp_path / "s")
+    code, out, err = run_cli(monkeypatch, capsys, "serve", checkpoint, *store, "--attribution", "zscore")
+    assert code == 0, err
+    assert_user_error(*run_cli(monkeypatch, capsys, "serve", checkpoint, *store),
+                      "zscore attribution, not rank", "attribution zscore")

@@ -92,6 +92,10 @@ def test_experiment_script_runs_and_writes_results(monkeypatch, capsys, small_da
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"nine.jsonl", "nine.png", "nine.json",
                                                               "nine.safetensors"}
     assert json.loads((tmp_path / "out" / "nine.json").read_text())["steps"] == 2
+    from marketplace.training import load_checkpoint
+
+    saved = load_checkpoint(tmp_path / "out" / "nine.safetensors").meta["config"]
+    assert saved["attribution"] == "zscore"  # the scripts keep the published rule; ContinualConfig's is rank
     for argv in (["--checkpoint", str(tmp_path / "missing.safetensors"), *args, "--out", str(tmp_path / "o2")],
                  ["--checkpoint", str(base), *args]):  # no base; a run that exists without --resume
         with pytest.raises(SystemExit) as e:

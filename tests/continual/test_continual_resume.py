@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,13 @@ def test_resume_refuses_other_learning_settings(base, small_data, tmp_path):
         ContinualRun(config(base, small_data, tmp_path, resume=True, steps=1))
 
 
+def test_a_run_saved_before_the_attribution_setting_resumes_only_with_zscores():
+    saved = {k: list(v) if isinstance(v, tuple) else v
+             for k, v in asdict(ContinualConfig(attribution="zscore")).items() if k != "attribution"}
+    assert ContinualConfig(attribution="zscore").resume_differences(saved) == []
+    assert ContinualConfig().resume_differences(saved) == ["attribution='zscore' (now 'rank')"]
+
+
 def test_resumed_log_reads_as_one_run(base, small_data, tmp_path):
     log = tmp_path / "run.jsonl"
     run_experiment(config(base, small_data, tmp_path, steps=4), [JsonLog(log)])
@@ -115,7 +123,7 @@ def test_killed_script_resumes_to_the_same_weights(base, small_data, tmp_path):
     assert f"resuming at step {killed_at}" in resumed.stderr.splitlines()[0]
     whole = tmp_path / "whole"
     ContinualRun(config(base, small_data, whole, steps=target, augment=False, eval_every=1000, log_every=1,
-                        checkpoint_every=3)).run()
+                        checkpoint_every=3, attribution="zscore")).run()  # the script's published default
     a, b = load_checkpoint(save), load_checkpoint(whole / "run.safetensors")
     assert a.meta["step"] == b.meta["step"] == target
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)

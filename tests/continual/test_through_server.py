@@ -5,7 +5,7 @@ from safetensors.torch import load as load_bytes
 
 from helpers import tiny_checkpoint
 
-from marketplace.serving import Client
+from marketplace.serving import Client, ServerConfig
 from marketplace.continual import ContinualLearner
 from marketplace.optim import V2
 from marketplace.serving.process import ServerProcess
@@ -21,7 +21,7 @@ def test_server_with_late_shuffled_labels_learns_what_the_learner_learns(tmp_pat
 
     market = market_from_checkpoint(load_checkpoint(checkpoint), str(checkpoint), torch.device("cpu"))
     learner = ContinualLearner(V2(market, lr=1e-2, probe_scale=1.0, per_spec=False, decay=0.0, seed=0,
-                                  on_nonfinite="skip"), records=K, path_seed=0, balanced=False)
+                                  on_nonfinite="skip", attribution=ServerConfig.attribution), records=K, path_seed=0, balanced=False)
     local_paths = [learner.serve(x, labels=y).paths for x, y in stream]
 
     server = ServerProcess(checkpoint, tmp_path / "store", "--records", K, "--independent").start()

@@ -26,6 +26,12 @@ def test_screens_write_an_ablation_table_and_skip_finished_variants(monkeypatch,
     assert all(r["steps"] == 2 and r["learner_updates"] == 2 for r in rows)
     text = (tmp_path / "screens" / "screens.md").read_text()
     assert "| published |" in text and "| baseline |" in text
+    from marketplace.training import load_checkpoint
+
+    for name in ("published", "baseline"):  # the published rule, not ContinualConfig's default (rank)
+        assert load_checkpoint(tmp_path / "screens" / f"{name}.safetensors").meta["config"]["attribution"] == "zscore"
+    assert screens.settings("rank attribution", 2000)["attribution"] == "rank"
+    assert screens.settings("baseline, lr 1e-1 to 1e-2 over the second half", 2000)["lr_hold"] == 1000
     summary = tmp_path / "screens" / "baseline.json"
     stamp = summary.stat().st_mtime_ns
     assert screens.main(args) == rows and summary.stat().st_mtime_ns == stamp

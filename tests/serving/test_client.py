@@ -9,7 +9,7 @@ from safetensors.torch import load as load_bytes
 
 from helpers import tiny_checkpoint
 
-from marketplace.serving import PrivateClient
+from marketplace.serving import PrivateClient, ServerConfig
 from marketplace.continual import ContinualLearner, per_example_cross_entropy, serve
 from marketplace.optim import V2
 from marketplace.serving.process import ServerProcess
@@ -42,7 +42,8 @@ def test_private_records_make_the_same_update_as_the_server_computing_the_losses
     # The server's own computation: same market, same seeds, the same paths, its own forward and losses.
     ckpt = load_checkpoint(server.checkpoint)
     learner = ContinualLearner(V2(market_from_checkpoint(ckpt, "tiny", torch.device("cpu")), lr=0.05,
-                                  probe_scale=1.0, per_spec=False, seed=0), records=K)
+                                  probe_scale=1.0, per_spec=False, seed=0,
+                                  attribution=ServerConfig.attribution), records=K)
     assert learner.step == step
     own = per_example_cross_entropy(serve(learner.market, learner.vendors, x, paths=paths).logits, y)
     torch.testing.assert_close(own, losses, rtol=1e-5, atol=1e-6)

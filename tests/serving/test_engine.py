@@ -39,7 +39,8 @@ def stream(e, steps, seed=0):
 @pytest.mark.parametrize("balanced", [True, False])
 def test_feedback_updates_exactly_as_the_in_process_learner(tmp_path, balanced):
     e = engine(tmp_path, balanced=balanced)
-    twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1), records=4,
+    twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1,
+                                  attribution=ServerConfig.attribution), records=4,
                             path_seed=1, balanced=balanced)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):
@@ -159,7 +160,8 @@ def test_learning_off_serves_the_base_weights_and_takes_no_feedback(tmp_path):
 
 def test_a_baseline_server_answers_with_the_base_weights_and_learns_like_the_in_process_learner(tmp_path):
     e = engine(tmp_path, baseline=True)
-    twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1), records=4,
+    twin = ContinualLearner(V2(market(), lr=0.05, probe_scale=1.0, per_spec=False, decay=0.0, seed=1,
+                                  attribution=ServerConfig.attribution), records=4,
                             path_seed=1, baseline=True, balanced=True)
     g = torch.Generator().manual_seed(0)
     for _ in range(4):

@@ -111,7 +111,8 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         augment: bool = option(D, "augment", "shift old images by up to 2 pixels"),
         balanced: bool = opt.balanced(D, "spread vendors evenly over each batch's requests"),
         baseline: bool = opt.baseline(D),
-        attribution: str = opt.attribution(D, "zscore (V2, as published) or rank (centred ranks)"),
+        attribution: str = opt.attribution(D, "rank (centred ranks: bounded influence per record) or "
+                                              "zscore (V2, as published)"),
         eval_every: int = opt.eval_every(D, "steps between validations (base weights, a fixed subsample)"),
         eval_samples: int = opt.eval_samples(D, "old-class validation images each time (the summary uses all)"),
         log_every: int = option(D, "log_every", "steps per logged learning-accuracy window"),

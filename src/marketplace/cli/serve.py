@@ -34,17 +34,18 @@ def serve(
                                          "e.g. 4,4,4"),
     rank: Optional[int] = option(S, "rank", "low-rank vendors of this rank, 0 dense (default: the checkpoint's)"),
     store: Optional[str] = typer.Option(None, help="directory of the SQLite store and the learner checkpoint "
-                                        "(default: runs/server/<checkpoint>-<its hash>, one per checkpoint and "
-                                        "--baseline setting, resumed when the same checkpoint is served again)"),
+                                        "(default: runs/server/<checkpoint>-<its hash>[-rank], one per checkpoint, "
+                                        "--baseline and --attribution setting, resumed when the same checkpoint is "
+                                        "served again with the same settings)"),
     checkpoint_every: int = opt.checkpoint_every(S, "updates between learner checkpoints (also on SIGTERM)"),
     keep_served: int = option(S, "keep_served", "served requests kept for their labels (those of superseded "
                               "steps are forgotten anyway); a label for an older one counts stale"),
     learning: bool = option(S, "learning", "--no-learning: plain inference with the base weights"),
     baseline: bool = opt.baseline(S, "answer with the base weights; learn from each path's loss minus theirs "
                                   "(one more forward per batch)"),
-    attribution: str = opt.attribution(S, "how a step's losses are scored: zscore (V2, as published) or rank "
-                                       "(centred ranks: one record, however extreme its loss, moves an update no "
-                                       "more than any other)"),
+    attribution: str = opt.attribution(S, "how a step's losses are scored: rank (centred ranks: one record, however "
+                                       "extreme its loss, moves an update no more than any other) or zscore (V2, "
+                                       "as published); a store keeps the one it was made with"),
     balanced: bool = opt.balanced(S, "spread each served batch evenly over the vendors (no padding) or draw every "
                                   "path independently", "--balanced/--independent"),
     max_batch: int = option(S, "max_batch", "inputs per batched forward"),
@@ -108,11 +109,14 @@ def server_config(*, vendors: str | None, checkpoint, host, port, threads, log_l
 
 def default_store(checkpoint: str, baseline: bool = S.baseline, classes: int | None = S.classes,
                   attribution: str = S.attribution, rank: int | None = S.rank) -> str:
-    """runs/server/NAME-HASH[-Nclasses][-baseline]: a store of its own for each starting point.
+    """runs/server/NAME-HASH[-Nclasses][-baseline][-rank][-rankR]: a store of its own for each starting point.
 
-    A store remembers the weights (and head width, and baseline setting) it
-    was made for and refuses others, so one shared default would refuse the
-    second checkpoint anyone serves.
+    A store remembers the weights (and head width, baseline setting and
+    attribution) it was made for and refuses others, so one shared default
+    would refuse the second checkpoint anyone serves. -rank is the
+    attribution (zscore has no suffix: the stores made while it was the
+    default keep their names, and --attribution zscore resumes them);
+    -rankR the rank of low-rank vendors.
     """
     path = Path(checkpoint)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"

@@ -11,6 +11,8 @@ from ..functional import ATTRIBUTIONS
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "lr_end", "lr_hold",
                    "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution", "seed")
+# What a run saved before a setting existed learned with.
+SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0}
 
 
 @dataclass
@@ -41,7 +43,7 @@ class ContinualConfig:
     augment: bool = False  # shift the old images by up to 2 px
     balanced: bool = False
     baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
-    attribution: str = "zscore"  # "rank": centred ranks instead of z-scores (bounded influence per record)
+    attribution: str = "rank"  # centred ranks (bounded influence per record); "zscore": V2 as published
     eval_every: int = 500
     eval_samples: int = 2000  # old-class validation images at each validation (the summary uses all of them)
     log_every: int = 50  # learning accuracy is logged as the mean over this many steps
@@ -76,7 +78,7 @@ class ContinualConfig:
         mine = asdict(self)
         out = []
         for name in LEARNING_FIELDS:
-            old, new = saved.get(name), mine[name]
+            old, new = saved.get(name, SAVED_BEFORE.get(name)), mine[name]
             if isinstance(new, tuple):
                 new = list(new)
             if old != new:

@@ -19,11 +19,15 @@ class ServerConfig:
     plain inference with the base weights and refuses feedback (the
     reference a learning server is compared with). baseline: answer with
     the base weights and learn from each path's loss minus theirs
-    (`ContinualLearner(baseline=True)`). balanced: each served batch gives
-    every vendor an equal share of its requests (each request's path is
-    still uniform), so the grouped forward needs no padding; False draws
-    each request's path independently, as section 7 does. store: the directory of
-    the SQLite store and the learner checkpoint. checkpoint_every: updates
+    (`ContinualLearner(baseline=True)`). attribution: how a step's losses
+    are scored: "rank" (centred ranks: one record, however extreme its
+    loss, moves an update no more than any other) or "zscore" (V2 as
+    published); a store keeps the one it was made with. balanced: each
+    served batch gives every vendor an equal share of its requests (each
+    request's path is still uniform), so the grouped forward needs no
+    padding; False draws each request's path independently, as section 7
+    does. store: the directory of the SQLite store and the learner
+    checkpoint. checkpoint_every: updates
     between learner checkpoints (also written on shutdown). keep_served:
     the newest served requests kept for their labels (those of superseded
     steps are forgotten anyway); a label for a forgotten one counts stale.
@@ -49,7 +53,7 @@ class ServerConfig:
     rank: int | None = None  # low-rank vendors of this rank, 0 dense (None: the checkpoint's; lowrank.py)
     learning: bool = True
     baseline: bool = False
-    attribution: str = "zscore"  # "rank": centred ranks bound each record's influence on an update
+    attribution: str = "rank"  # centred ranks bound each record's influence on an update; "zscore": V2 as published
     balanced: bool = True
     store: str = "runs/server"
     checkpoint_every: int = 10

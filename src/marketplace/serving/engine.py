@@ -112,7 +112,7 @@ class Engine:
             self.store.set_meta("attribution", stored)
         if stored != self.config.attribution:
             raise MarketplaceError(f"the store {root} learns with the {stored} attribution, not "
-                                   f"{self.config.attribution}: start with the same attribution or pick another "
+                                   f"{self.config.attribution}: start with attribution {stored} or pick another "
                                    "store directory")
         if (root / LEARNER_FILE).exists():
             self._load(root / LEARNER_FILE)
