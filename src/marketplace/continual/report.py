@@ -186,8 +186,12 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     heading = title or f"continual learning: {config.get('experiment', '')}"
-    details = (f"market {'x'.join(map(str, config.get('vendors', [])))}, lr {config.get('lr')}, "
+    rate = f"lr {config.get('lr')}"
+    if config.get("lr_end") is not None:
+        rate += f" to {config['lr_end']} from step {config.get('lr_hold', 0)}"
+    details = (f"market {'x'.join(map(str, config.get('vendors', [])))}, {rate}, "
                f"probe scale {config.get('probe_scale')}, unit {config.get('unit')}, "
+               f"{config.get('attribution', 'zscore')}{', baseline' if config.get('baseline') else ''}, "
                f"{config.get('old_per_step')}+{config.get('new_per_step')} per step"
                f"{', few-shot' if config.get('few_shot') else ''}")
     if end:
