@@ -1,0 +1,58 @@
+"""The fine-tuning study in its tiny form: a row per (task, method), a rerun resumes, a foreign base is refused."""
+
+import json
+
+import pytest
+
+from experiments.finetune import TASKS, main, score
+
+
+def test_the_tiny_study_writes_a_row_per_task_and_method_and_resumes(small_data, tmp_path, capsys):
+    out = tmp_path / "finetune"
+    args = ["--tiny", "--data-dir", str(small_data), "--out", str(out)]
+    report = main(args)
+    expected = [(t, m) for t, task in TASKS.items() for m in task.methods]
+    assert [(r["task"], r["method"]) for r in report["runs"]] == expected
+    for name in ("finetune.json", "finetune.md", "finetune.png", "README.md", "resnet-base.safetensors",
+                 "transformer-base.safetensors"):
+        assert (out / name).is_file(), name
+    assert (out / "finetune.png").stat().st_size > 1000
+    table = (out / "finetune.md").read_text()
+    for task, method in expected:
+        assert f"| {task} | {method} |" in table
+    saved = json.loads((out / "finetune.json").read_text())
+    assert saved["machine"] and saved["torch"] and saved["threads"] == 1
+    for run in saved["runs"]:
+        assert run["curve"][0]["seconds"] == 0 and run["steps"] >= 1 and run["peak_mb"] > run["weights_mb"] > 0
+    rank1 = next(r for r in saved["runs"] if (r["task"], r["method"]) == ("transformer-inverted", "v2-rank1"))
+    assert rank1["lowrank"][1]["dense_matrices"] == ["self_attn.in_proj_weight", "self_attn.out_proj.weight"]
+    assert "OMP_NUM_THREADS=1 uv run python experiments/finetune.py --tiny" in (out / "README.md").read_text()
+
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    capsys.readouterr()
+    again = main(args)
+    said = capsys.readouterr().out
+    assert "reusing" in said and "read back" in said and "Adam steps," not in said
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == stamps
+    assert [r["after"] for r in again["runs"]] == [r["after"] for r in report["runs"]]
+
+
+def test_a_base_made_with_other_settings_is_refused(small_data, tmp_path, capsys):
+    args = ["--tiny", "--tasks", "ten-classes", "--methods", "backprop", "--data-dir", str(small_data),
+            "--out", str(tmp_path)]
+    main(args)
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--pretrain-steps", "3"])
+    message = str(e.value.code)
+    assert message.startswith("error:") and "resnet-base.safetensors" in message and "steps=2, not 3" in message
+    assert "\n" not in message
+
+
+def test_the_score_is_the_share_of_backprops_gain_on_the_same_task():
+    rows = [{"task": "a", "method": "backprop", "before": 50.0, "after": 70.0},
+            {"task": "a", "method": "v2-dense", "before": 50.0, "after": 55.0},
+            {"task": "b", "method": "backprop", "before": 50.0, "after": 49.0},
+            {"task": "b", "method": "v2-rank1", "before": 50.0, "after": 52.0}]
+    score(rows)
+    assert rows[1]["gain"] == 5.0 and rows[1]["fraction_of_backprop_gain"] == 0.25
+    assert rows[3]["fraction_of_backprop_gain"] is None  # backprop gained nothing: no share to take
