@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from experiments.finetune import TASKS, main, score
+from experiments.finetune import main
+from experiments.lib.finetune_models import TASKS
+from experiments.lib.finetune_report import score
 
 
 def test_the_tiny_study_writes_a_row_per_task_and_method_and_resumes(small_data, tmp_path, capsys):

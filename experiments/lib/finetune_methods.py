@@ -1,0 +1,158 @@
+"""The timed runs of the fine-tuning study: backprop or V2 from a fresh copy of a base, and each one's memory.
+
+Every method gets the same seconds of training steps (evaluations not
+counted) on the same batches by step, so the comparison is at equal wall
+time; memory is read from the profiler's allocation events of one step,
+not the process RSS, which would mix in torch, the data and earlier methods.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd import DeviceType
+
+from marketplace import V2, Market, path_losses
+from marketplace.training import accuracy, batch_indices
+
+from experiments.lib.finetune_models import load_specs
+
+
+def rank_of(method: str) -> int | None:
+    """None for backprop, 0 for dense vendors, r for rank-r vendors."""
+    if method == "backprop":
+        return None
+    return 0 if method == "v2-dense" else int(method.removeprefix("v2-rank"))
+
+
+def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
+    common = {"task": task, "method": method, "seconds": args.seconds, "evals": args.evals,
+              "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
+    if method == "backprop":
+        return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
+    return {**common, "optimizer": "v2", "lr": args.v2_lr, "probe_scale": args.probe_scale, "batch": args.market_batch,
+            "vendors": args.vendor_counts, "rank": rank_of(method)}
+
+
+def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, nn.Module, dict]:
+    """(step(x, y), the model to evaluate, what to record about it) for a fresh copy of the base."""
+    rank = rank_of(method)
+    if rank is None:
+        model = nn.Sequential(*specs).train()
+        opt = torch.optim.Adam(model.parameters(), lr=args.adam_lr)
+
+        def step(x, y):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        return step, model, {}
+    market = Market(specs, vendors=args.vendor_counts, rank=rank)
+    opt = V2(market, lr=args.v2_lr, probe_scale=args.probe_scale, seed=args.seed)
+
+    def step(x, y):
+        out = market.evaluate(x, opt.vendors)
+        opt.step(path_losses(out.products, y), out.paths)
+
+    return step, market, {"paths": market.num_paths, "lowrank": lowrank_coverage(market)}
+
+
+def lowrank_coverage(market: Market) -> list[dict] | None:
+    """Per spec: the share of parameters in factored weights, and the matrices left dense-perturbed."""
+    if not market.rank:
+        return None
+    out = []
+    for spec, layout, plan in zip(market.specs, market.layouts, market.lowrank_plans):
+        sizes = {n: math.prod(s) for n, s in zip(layout.names, layout.shapes)}
+        factored = sum(sizes[n] for n in plan.ranks)
+        dense = [n for n, s in zip(layout.names, layout.shapes) if len(s) >= 2 and n not in plan.ranks]
+        out.append({"parameters": layout.numel, "factored": round(factored / max(1, layout.numel), 3),
+                    "dense_matrices": dense})
+    return out
+
+
+@contextmanager
+def native_stderr_silenced():
+    """Send fd 2 to /dev/null: the profiler's native library logs every start and stop there."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def step_peak_bytes(fn: Callable[[], None]) -> tuple[int, list[str]]:
+    """The most tensor bytes held above the start while fn runs, and the warnings it raised.
+
+    The running sum of the profiler's CPU allocation and free events, in
+    time order: what benchmarks/lowrank.py reads, but from the raw events
+    (a temporary inside one op counts too, and no per-op table is built).
+    """
+    with native_stderr_silenced(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
+            fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    messages = sorted({str(w.message).splitlines()[0] for w in caught})
+    for message in messages:  # said once here, kept in the run's JSON: not again at every timed step
+        warnings.filterwarnings("ignore", message=re.escape(message))
+    return peak, messages
+
+
+def finetune(task: str, method: str, kind: str, base_path: Path, d: dict, before: float, args) -> dict[str, Any]:
+    """Train a fresh copy of the base with `method` for --seconds of steps; its curve and memory."""
+    x, y, xt, yt = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
+    rank = rank_of(method)
+    batch = args.batch if rank is None else args.market_batch
+    first = batch_indices(args.seed, 0, len(x), batch)
+    probe_step, probe_model, _ = build_method(method, load_specs(kind, base_path, args.seed), args)
+    weights = sum(p.numel() * p.element_size() for p in probe_model.parameters())
+    # One step of a throwaway copy, profiled: its memory, and a warm-up (one-time imports and caches are
+    # not charged to the budget).
+    step_bytes, caught = step_peak_bytes(lambda: probe_step(x[first], y[first]))
+    for w in caught:
+        print(f"[{task}] {method}: {w}", flush=True)
+    del probe_step, probe_model
+
+    step, model, extra = build_method(method, load_specs(kind, base_path, args.seed), args)
+    curve = [{"seconds": 0.0, "steps": 0, "accuracy": before}]
+    seconds, steps, every = 0.0, 0, args.seconds / args.evals
+    next_eval, eval_seconds = every, 0.0
+    while steps == 0 or seconds < args.seconds:
+        idx = batch_indices(args.seed, steps, len(x), batch)
+        start = time.perf_counter()
+        step(x[idx], y[idx])
+        seconds += time.perf_counter() - start
+        steps += 1
+        if seconds >= next_eval or seconds >= args.seconds:
+            start = time.perf_counter()
+            acc = accuracy(model, xt, yt, batch=500)[0]
+            eval_seconds += time.perf_counter() - start
+            curve.append({"seconds": round(seconds, 3), "steps": steps, "accuracy": acc})
+            print(f"[{task}] {method}: {seconds:.1f}/{args.seconds:g} s, {steps} steps, {acc:.2f}%", flush=True)
+            while next_eval <= seconds:
+                next_eval += every
+    return {"task": task, "method": method, "before": before, "after": curve[-1]["accuracy"], "steps": steps,
+            "seconds": round(seconds, 3), "eval_seconds": round(eval_seconds, 3), "batch": batch,
+            "weights_mb": weights / 2**20, "step_peak_mb": step_bytes / 2**20,
+            "peak_mb": (weights + step_bytes) / 2**20, "warnings": caught, "curve": curve, **extra}
