@@ -90,9 +90,9 @@ def scheduled_rate(config: ContinualConfig, step: int) -> float:
     """The learning rate of `step`: lr for the first lr_hold steps, then geometric decay to lr_end at the last.
 
     A pure function of the step, so a resumed run follows the same schedule.
-    Learning the new class needs large steps; once it is learned, smaller
-    ones let the old-class records pull back what the noise of the large
-    ones cost (each update moves the weights by exactly lr).
+    Large steps learn the new class quickly; once it is learned, smaller ones
+    add less noise to what the model already knew (each update moves the
+    weights by exactly lr, whatever the records say).
     """
     if config.lr_end is None or step < config.lr_hold:
         return config.lr
