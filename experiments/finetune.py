@@ -32,8 +32,8 @@ Methods, each from a fresh copy of the base, each given the same
 --seconds of training on one thread (evaluations are not counted), the
 same batches by step (`training.batch_indices`): backprop (Adam, --adam-lr,
 batch --batch), and V2 on a --vendors market (batch --market-batch, lr
---v2-lr, probe scale --probe-scale: the published V2 setting, not tuned for
-fine-tuning) with dense vendors and with rank-1 and rank-4 vendors (the
+--v2-lr, probe scale --probe-scale; 2x2x2x2 and lr 0.3 from 30-second
+screens on the inverted task, results/finetune/screen/) with dense vendors and with rank-1 and rank-4 vendors (the
 transformer: dense and rank 1). Low rank factors only Linear, Conv2d
 (groups=1) and Embedding weights; attention's projections live inside
 `nn.MultiheadAttention`, which reads them itself, so they stay dense (the
@@ -92,7 +92,7 @@ from experiments.lib.finetune_models import (  # noqa: E402
     BASES, TASKS, Data, base_settings, check_base, differences, load_specs, make_base)
 from experiments.lib.finetune_report import write_report  # noqa: E402
 
-FULL = dict(seconds=120.0, pretrain_steps=1000, batch=64, market_batch=32, vendors="4,4,4,4", evals=10,
+FULL = dict(seconds=120.0, pretrain_steps=1000, batch=64, market_batch=32, vendors="2,2,2,2", evals=10,
             test_images=2000)
 TINY = dict(seconds=0.05, pretrain_steps=2, batch=8, market_batch=4, vendors="2,2,2,2", evals=1, test_images=50)
 
@@ -111,7 +111,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--market-batch", type=int, default=None, help=f"V2's batch (default {FULL['market_batch']})")
     p.add_argument("--vendors", default=None, help=f"vendors per spec, 4 specs (default {FULL['vendors']})")
     p.add_argument("--adam-lr", type=float, default=1e-3)
-    p.add_argument("--v2-lr", type=float, default=0.1)
+    p.add_argument("--v2-lr", type=float, default=0.3)
     p.add_argument("--probe-scale", type=float, default=0.1)
     p.add_argument("--evals", type=int, default=None, help=f"evaluations per method (default {FULL['evals']})")
     p.add_argument("--test-images", type=int, default=None, help=f"first N test images of the task's classes "
