@@ -37,7 +37,7 @@ VARIANTS: dict[str, dict] = {
     "baseline, lr 3e-2": {"baseline": True, "lr": 3e-2, "probe_scale": 1 / 3},
     "baseline, lr 1e-1": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1},
     "baseline, vendors 4x4x16": {"baseline": True, "vendors": (4, 4, 16)},
-    # learn with large steps, then let the old-class records repair what their noise cost
+    # large steps to learn the new class, smaller ones once it is learned
     "baseline, lr 1e-1 to 1e-2 over the second half": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
                                                        "lr_end": 1e-2, "lr_hold": "half"},
     "baseline, lr 1e-1, rank attribution": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank"},

@@ -109,17 +109,17 @@ def server_config(*, vendors: str | None, checkpoint, host, port, threads, log_l
 
 def default_store(checkpoint: str, baseline: bool = S.baseline, classes: int | None = S.classes,
                   attribution: str = S.attribution, rank: int | None = S.rank) -> str:
-    """runs/server/NAME-HASH[-Nclasses][-baseline][-rank][-rankR]: a store of its own for each starting point.
+    """runs/server/NAME-HASH[-Nclasses][-baseline][-rank][-lowrankR]: a store of its own for each starting point.
 
     A store remembers the weights (and head width, baseline setting and
     attribution) it was made for and refuses others, so one shared default
     would refuse the second checkpoint anyone serves. -rank is the
     attribution (zscore has no suffix: the stores made while it was the
     default keep their names, and --attribution zscore resumes them);
-    -rankR the rank of low-rank vendors.
+    -lowrankR the rank of low-rank vendors.
     """
     path = Path(checkpoint)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "missing"
     return (f"runs/server/{path.stem}-{digest}" + (f"-{classes}classes" if classes else "")
             + ("-baseline" if baseline else "") + ("" if attribution == "zscore" else f"-{attribution}")
-            + (f"-rank{rank}" if rank is not None else ""))
+            + (f"-lowrank{rank}" if rank is not None else ""))
