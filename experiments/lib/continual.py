@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from marketplace.cli.options import for_cli
 from marketplace.continual.config import ContinualConfig
 from marketplace.continual.experiment import EXPERIMENTS, run_experiment
 from marketplace.continual.report import PrintProgress, mlflow_hook, plot_log
@@ -90,8 +91,8 @@ def run_script(experiment: str, description: str, argv: list[str] | None = None)
         resume=args.resume)
     try:
         summary = run_experiment(config, [PrintProgress(), JsonLog(log), *(mlflow_hook() if args.mlflow else [])])
-    except MarketplaceError as e:
-        sys.exit(f"error: {e}")
+    except MarketplaceError as e:  # named as the flags the user typed (--lr-hold, not lr_hold)
+        sys.exit(f"error: {for_cli(e)}")
     plot_log(log, out / f"{args.name}.png", title=exp.TITLE)
     write_atomic(out / f"{args.name}.json", json.dumps(summary, indent=2) + "\n")
     verdict = "met" if summary["target_met"] else "not met"

@@ -101,3 +101,6 @@ def test_experiment_script_runs_and_writes_results(monkeypatch, capsys, small_da
         with pytest.raises(SystemExit) as e:
             script.main(argv)
         assert str(e.value.code).startswith("error:") and "\n" not in str(e.value.code)
+    with pytest.raises(SystemExit) as e:  # a setting's error names the flag the user typed
+        script.main(["--checkpoint", str(base), *args, "--out", str(tmp_path / "o3"), "--lr-hold", "-1"])
+    assert str(e.value.code) == "error: --lr-hold must be >= 0, got -1"
