@@ -22,20 +22,29 @@ Columns. Per vendor: the float32 numbers a vendor of each spec is drawn as
 and stored as in the batched forward (dense: every parameter; rank r: r *
 (out + in) per factored weight plus the dense rest), and their bytes summed
 over specs. Vendor MB: those numbers for every vendor of the step. Peak MB:
-the most tensor memory one step holds above what was live before it. On
-CUDA that is `torch.cuda.max_memory_allocated` (after a reset) minus
-`memory_allocated` before the step. On the CPU it is read from
-`torch.profiler` with `profile_memory=True`, which records every allocation
-and free of torch's CPU allocator: each op's own net bytes are placed at the
-op's start and the running sum's maximum is the peak. That counts what the
+the most tensor memory one step holds above what was live before it
+(`marketplace.diagnostics.peak_tensor_bytes`). On CUDA that is
+`torch.cuda.max_memory_allocated` (after a reset) minus `memory_allocated`
+before the step. On the CPU it is the running sum of the profiler's raw
+allocation and free events (`profile_memory=True`) in time order: every
+allocation and free of torch's CPU allocator, a temporary allocated and
+freed inside one op (a conv's workspace) included. That counts what the
 CUDA figure counts (tensor bytes, not allocator caches, RSS or the Python
-heap, which tracemalloc would see instead of torch's) and is deterministic;
-a temporary allocated and freed inside one op (a conv's workspace) is not
-seen, so it is a lower bound, the same for every rank. Vendor share: vendor
-MB / peak MB (the draws held through the step; the dense route also stacks
-one spec's weights per vendor for its forward, so the true share is higher).
-Step ms: median of --rounds interleaved rounds (one step of each rank per
-round, so a busy machine slows them alike), and its ratio to dense.
+heap) and is deterministic. Vendor share: vendor MB / peak MB (the draws
+held through the step; the dense route also stacks one spec's weights per
+vendor for its forward, so the true share is higher). Step ms: median of
+--rounds interleaved rounds (one step of each rank per round, so a busy
+machine slows them alike), and its ratio to dense.
+
+Memory of the run: between steps a market holds only its weights (11.2M
+float32 numbers for ResNet-18, at every rank); a step's activations (GBs
+for a dense ResNet-18 step) are freed when it ends. So the ranks' markets
+are built one at a time, each warmed up and its peak measured after a gc
+while no other step runs, and all are kept for the interleaved timing: the
+process holds one step's memory at a time plus every rank's weights. On
+the CPU the measured step also costs the profiler's events, about 2 KB per
+allocation: a dense ResNet-18 step makes 3.6M, and the run's RSS peaks
+near 9 GB, against 5 GB for the step alone.
 
 --quality adds test accuracy at equal steps on the MNIST protocol
 (`TrainConfig` defaults: 4x4x4, batch 128, 1,500 steps, seeds 0/1/2; all
@@ -48,6 +57,7 @@ Writes runs/bench/lowrank_<device>.{json,md} unless --out is given
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -59,6 +69,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.*, from any working directory
 
 from marketplace import V2, Market, path_losses  # noqa: E402
+from marketplace.diagnostics import peak_tensor_bytes  # noqa: E402
 from marketplace.io import write_atomic, write_json  # noqa: E402
 from marketplace.lowrank import spec_plan  # noqa: E402
 from marketplace.machine import machine_summary, resolve_device  # noqa: E402
@@ -131,30 +142,9 @@ def timed_step(market, opt, x, y, device) -> float:
     return time.perf_counter() - start
 
 
-def cpu_peak_bytes(fn) -> int:
-    """The peak of tensor bytes held above the start while fn runs, from torch.profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    live = peak = 0
-    for e in events:  # self: an op's own allocations minus frees, its children's counted at theirs
-        live += e.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
-
-
 def peak_step_bytes(market, opt, x, y, device) -> int:
     """Peak tensor bytes of one step above those live before it (see the module docstring)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        market_step(market, opt, x, y)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    return cpu_peak_bytes(lambda: market_step(market, opt, x, y))
+    return peak_tensor_bytes(lambda: market_step(market, opt, x, y), device)
 
 
 def bench_config(model: str, vendors: tuple[int, ...], ranks: list[int], batch: int | None, rounds: int,
@@ -165,13 +155,14 @@ def bench_config(model: str, vendors: tuple[int, ...], ranks: list[int], batch: 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *shape, generator=g).to(device)
     y = torch.randint(0, classes, (batch,), generator=g).to(device)
-    runs = {r: build(model, vendors, r, device) for r in ranks}
-    rows = {}
-    for r, (market, opt) in runs.items():
+    runs, rows = {}, {}
+    for r in ranks:  # one at a time: a market holds only its weights between steps (module docstring)
+        market, opt = runs[r] = build(model, vendors, r, device)
         for _ in range(warmup):
             market_step(market, opt, x, y)
         specs = per_vendor(market, r)
         vendor_bytes = sum(m * s["bytes"] for m, s in zip(market.vendor_counts, specs))
+        gc.collect()
         peak = peak_step_bytes(market, opt, x, y, device)
         rows[r] = {"model": model, "layout": "x".join(map(str, vendors)), "rank": r, "batch": batch,
                    "sampling": list(market.sampling), "paths": market.num_paths,
@@ -179,6 +170,7 @@ def bench_config(model: str, vendors: tuple[int, ...], ranks: list[int], batch: 
                    "per_vendor": specs, "per_vendor_bytes": sum(s["bytes"] for s in specs),
                    "vendor_bytes": vendor_bytes, "peak_step_bytes": peak,
                    "vendor_share": vendor_bytes / peak if peak else None, "times_s": []}
+        print(f"{model}:{rows[r]['layout']} rank {r}: peak {mb(peak)} MB", flush=True)
     for i in range(rounds):
         for r, (market, opt) in runs.items():
             rows[r]["times_s"].append(timed_step(market, opt, x, y, device))
@@ -281,8 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     tag = "cpu" if device.type == "cpu" else device.type
     peak_method = ("torch.cuda.max_memory_allocated above memory_allocated before the step" if device.type == "cuda"
-                   else "torch.profiler(profile_memory=True): tensor bytes above those live before the step, "
-                        "op by op (a lower bound)")
+                   else "the profiler's allocation events (profile_memory=True): tensor bytes above those live "
+                        "before the step, temporaries inside an op included")
     load = os.getloadavg()
     rows = [row for model, vendors in configs
             for row in bench_config(model, vendors, ranks, args.batch, args.rounds, args.warmup, device)]

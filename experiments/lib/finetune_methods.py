@@ -9,21 +9,18 @@ not the process RSS, which would mix in torch, the data and earlier methods.
 from __future__ import annotations
 
 import math
-import os
 import re
-import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd import DeviceType
 
 from marketplace import V2, Market, path_losses
+from marketplace.diagnostics import peak_tensor_bytes
 from marketplace.training import accuracy, batch_indices
 
 from experiments.lib.finetune_models import load_specs
@@ -82,39 +79,16 @@ def lowrank_coverage(market: Market) -> list[dict] | None:
     return out
 
 
-@contextmanager
-def native_stderr_silenced():
-    """Send fd 2 to /dev/null: the profiler's native library logs every start and stop there."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def step_peak_bytes(fn: Callable[[], None]) -> tuple[int, list[str]]:
-    """The most tensor bytes held above the start while fn runs, and the warnings it raised.
+    """`peak_tensor_bytes` of fn, and the first line of each warning it raised, ignored from then on.
 
-    The running sum of the profiler's CPU allocation and free events, in
-    time order: what benchmarks/lowrank.py reads, but from the raw events
-    (a temporary inside one op counts too, and no per-op table is built).
+    The caller says them once and keeps them in the run's JSON: not again at every timed step.
     """
-    with native_stderr_silenced(), warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with torch.autograd.profiler.profile(profile_memory=True, use_kineto=False) as prof:
-            fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
+        peak = peak_tensor_bytes(fn)
     messages = sorted({str(w.message).splitlines()[0] for w in caught})
-    for message in messages:  # said once here, kept in the run's JSON: not again at every timed step
+    for message in messages:
         warnings.filterwarnings("ignore", message=re.escape(message))
     return peak, messages
 
