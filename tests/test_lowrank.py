@@ -201,3 +201,27 @@ def test_bf16_autocast_stays_close_to_fp32():
     vendors = draw_market_vendors(fp32, 0, 0, [0.2] * 3)
     torch.testing.assert_close(bf16.evaluate(x, vendors).products.float(), fp32.evaluate(x, vendors).products,
                                rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("materialise", [0.0, float("inf")])  # never build vendor weights; always
+@pytest.mark.parametrize("shared", [True, False])
+def test_grouped_route_equals_the_vmap_route(shared, materialise, monkeypatch):
+    """The grouped low-rank route (corrections accumulated, or small vendors built) gives vmap's result."""
+    from marketplace import lowrank_layers
+    from marketplace.lowrank_layers import grouped_spec_forward, spec_forward
+
+    monkeypatch.setattr(lowrank_layers, "MATERIALISE_BELOW", materialise)
+    specs = conv_linear_specs() + [nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))]
+    market = Market(specs, vendors=[3, 2, 2, 4], rank=2)
+    vendors = draw_market_vendors(market, 5, 1, [0.3] * 4)
+    inputs = [torch.randn(4, 1, 10, 10), torch.randn(4, 3, 4, 4), torch.randn(4, 64), torch.randn(4, 5)]
+    for k, (spec, x) in enumerate(zip(market.specs, inputs)):
+        parts = vendors.lowrank_parts(k, market.lowrank_plans[k], x.device)
+        m = market.vendor_counts[k]
+        inp = x if shared else torch.randn(m, *x.shape)
+        base = dict(spec.named_parameters())
+        with torch.no_grad():
+            grouped = grouped_spec_forward(spec, base, parts, inp, shared)
+            plain = spec_forward(spec, base, parts, inp, shared, grouped=False)
+        assert grouped.shape == plain.shape == (m, *plain.shape[1:])
+        torch.testing.assert_close(grouped, plain, rtol=1e-5, atol=1e-5)

@@ -61,7 +61,7 @@ def _leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _plan(spec: nn.Module) -> list[tuple[nn.Module, dict[str, str]]]:
+def layer_plan(spec: nn.Module) -> list[tuple[nn.Module, dict[str, str]]]:
     """The spec's layers, each with {its parameter name: the spec's name for it} (tied weights: the first).
 
     Walking the parameters costs more than a small layer does, and a server
@@ -164,7 +164,7 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
         m = inp.shape[0]
     else:  # no weights to say how many vendors read the input
         raise UnsupportedLayout("a spec without parameters")
-    layers = _plan(spec)
+    layers = layer_plan(spec)
     own = lambda names: {n: params[full] for n, full in names.items()}
     start, owned = 0, False
     if shared:
