@@ -83,7 +83,8 @@ def path_reference(market, vendors, path, x):
             x = spec(x)
             continue
         delta = vendors.deltas(k, layout.numel, x.device)[j]
-        params = {n: p + d for (n, p), d in zip(sorted(spec.named_parameters()), layout.split(delta).values())}
+        base = dict(spec.named_parameters())  # frozen ones (requires_grad=False): read as they are
+        params = {n: base[n] + d for n, d in layout.split(delta).items()}
         x = functional_call(spec, params, (x,))
     return x
 

@@ -148,3 +148,42 @@ def test_cuda_bf16_market_matches_cpu_fp32():
 def test_unknown_precision_is_refused():
     with pytest.raises(MarketError, match="precision must be one of"):
         Market(tiny_cnn(), vendors=2, precision="fp8")
+
+
+def test_frozen_parameters_are_read_but_never_perturbed_or_moved():
+    """requires_grad=False freezes a parameter as torch.optim does: every vendor reads it as it is."""
+    from helpers import path_reference
+    from marketplace import V2, path_losses
+    from marketplace.optim.forward_gradient import draw_market_vendors
+
+    torch.manual_seed(0)
+    specs = [nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.InstanceNorm2d(3, affine=True), nn.Flatten()),
+             nn.Sequential(nn.Linear(192, 4))]
+    specs[0][0].weight.requires_grad_(False)
+    frozen = specs[0][0].weight.detach().clone()
+    for rank in (0, 1):
+        market = Market(specs, vendors=[3, 2], rank=rank)
+        assert "0.weight" not in market.layouts[0].names and market.frozen_parameters == 27
+        assert "frozen=27 parameters" in repr(market)
+        vendors = draw_market_vendors(market, 3, 0, [0.3, 0.3])
+        x, y = torch.randn(5, 1, 10, 10), torch.randint(0, 4, (5,))
+        out = market.evaluate(x, vendors)
+        for product, path in zip(out.products, out.paths.tolist()):
+            torch.testing.assert_close(product, path_reference(market, vendors, path, x), rtol=1e-5, atol=1e-5)
+        from marketplace.continual.serving import serve, serve_reference
+
+        served = serve(market, vendors, x, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(served.logits, serve_reference(market, vendors, x, served.paths),
+                                   rtol=1e-5, atol=1e-5)
+        opt = V2(market, lr=0.1, probe_scale=0.1)
+        before = specs[0][0].bias.detach().clone()
+        out = market.evaluate(x, opt.vendors)
+        opt.step(path_losses(out.products, y), out.paths)
+        assert torch.equal(specs[0][0].weight, frozen) and not torch.equal(specs[0][0].bias, before)
+    for p in specs[1].parameters():
+        p.requires_grad_(False)
+    assert Market(specs, vendors=3).vendor_counts == (3, 1)  # a frozen spec: one implicit vendor
+    for p in specs[0].parameters():
+        p.requires_grad_(False)
+    with pytest.raises(MarketError, match="no parameter to perturb"):
+        Market(specs, vendors=1)

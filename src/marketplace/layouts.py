@@ -165,7 +165,15 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
     else:  # no weights to say how many vendors read the input
         raise UnsupportedLayout("a spec without parameters")
     layers = layer_plan(spec)
-    own = lambda names: {n: params[full] for n, full in names.items()}
+    frozen = None  # the spec's own tensors, for parameters no vendor perturbs (requires_grad=False)
+
+    def own(names: dict[str, str]) -> dict[str, torch.Tensor]:
+        nonlocal frozen
+        if all(full in params for full in names.values()):
+            return {n: params[full] for n, full in names.items()}
+        frozen = frozen or dict(spec.named_parameters())
+        return {n: params[full] if full in params else frozen[full].expand(m, *frozen[full].shape)
+                for n, full in names.items()}
     start, owned = 0, False
     if shared:
         h = None

@@ -25,7 +25,12 @@ from .vendors import Vendors
 
 @dataclass(frozen=True)
 class SpecLayout:
-    """Where each parameter of a spec sits in its flat vector (sorted by name)."""
+    """Where each perturbed parameter of a spec sits in its flat vector (sorted by name).
+
+    Parameters with requires_grad=False are frozen, as torch.optim leaves
+    them: no vendor perturbs them and no update moves them (fine-tuning a
+    part of a model); every vendor reads them as they are.
+    """
 
     names: tuple[str, ...]
     shapes: tuple[torch.Size, ...]
@@ -34,7 +39,7 @@ class SpecLayout:
 
     @classmethod
     def of(cls, module: nn.Module) -> "SpecLayout":
-        params = sorted(module.named_parameters(), key=lambda kv: kv[0])
+        params = sorted(((n, p) for n, p in module.named_parameters() if p.requires_grad), key=lambda kv: kv[0])
         names = tuple(n for n, _ in params)
         shapes = tuple(p.shape for _, p in params)
         offsets, total = [], 0
@@ -152,6 +157,9 @@ class Market(nn.Module):
                 )
             upstream = self.vendor_counts[k] * (s or upstream)
         self.layouts = tuple(SpecLayout.of(spec) for spec in specs)
+        if not any(lay.numel for lay in self.layouts):
+            raise MarketError("the market has no parameter to perturb: every parameter is frozen "
+                              "(requires_grad=False) or the specs have none")
         self.rank = lowrank.check_rank(rank)
         self.lowrank_plans = tuple(lowrank.spec_plan(s, lay.names, lay.shapes, rank)
                                    for s, lay in zip(specs, self.layouts)) if rank else None
@@ -183,7 +191,7 @@ class Market(nn.Module):
     def flat_parameters(self, k: int) -> torch.Tensor:
         """The base parameters of spec k as one float32 vector [numel] (sorted by name)."""
         params = dict(self.specs[k].named_parameters())
-        if not params:
+        if not self.layouts[k].numel:
             return torch.zeros(0, device=self.device)
         return torch.cat([params[n].reshape(-1).float() for n in self.layouts[k].names])
 
@@ -318,4 +326,11 @@ class Market(nn.Module):
         market = "x".join(map(str, self.vendor_counts))
         sampling = "" if not any(self.sampling) else f", sampling={list(self.sampling)}"
         rank = f", rank={self.rank}" if self.rank else ""
-        return f"market={market}{sampling}{rank}, paths={self.num_paths}"
+        frozen = self.frozen_parameters
+        frozen = f", frozen={frozen:,} parameters" if frozen else ""
+        return f"market={market}{sampling}{rank}, paths={self.num_paths}{frozen}"
+
+    @property
+    def frozen_parameters(self) -> int:
+        """How many parameters no vendor perturbs (requires_grad=False)."""
+        return sum(p.numel() for p in self.parameters() if not p.requires_grad)

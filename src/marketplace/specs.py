@@ -106,7 +106,8 @@ def check_specs(specs: Sequence[object]) -> list[nn.Module]:
 
 
 def has_parameters(spec: nn.Module) -> bool:
-    return next(iter(spec.parameters()), None) is not None
+    """Whether the spec has a parameter to perturb (one not frozen by requires_grad=False)."""
+    return any(p.requires_grad for p in spec.parameters())
 
 
 def vendor_counts(specs: Sequence[nn.Module], vendors: int | Sequence[int]) -> int | list[int]:
@@ -120,7 +121,8 @@ def refuse_vendors_without_parameters(specs: Sequence[nn.Module], counts: Sequen
     for k, (spec, m) in enumerate(zip(specs, counts)):
         if m != 1 and not has_parameters(spec):
             raise MarketError(
-                f"spec {k} ({type(spec).__name__}) has no parameters, so its vendors would all be the same: "
+                f"spec {k} ({type(spec).__name__}) has no parameters to perturb (none, or all frozen), "
+                f"so its vendors would all be the same: "
                 f"give it 1 vendor, not {m}"
             )
 

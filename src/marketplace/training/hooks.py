@@ -52,6 +52,8 @@ def market_line(config: TrainConfig, market, start_step: int = 0) -> str:
     text = f"market {describe_market(config.vendors, counts, config.cheap_vendors)}: "
     text += f"{paths:,} paths, " if isinstance(paths, int) else ""
     text += f"{config.algorithm} on {config.data or config.dataset}" + (f", {where}" if where is not None else "")
+    frozen = getattr(market, "frozen_parameters", 0)
+    text += f", {frozen:,} parameters frozen" if frozen else ""
     return text + (f", resumed at step {start_step}" if start_step else "")
 
 
