@@ -34,7 +34,10 @@ same batches by step (`training.batch_indices`): backprop (Adam, --adam-lr,
 batch --batch), and V2 on a --vendors market (batch --market-batch, lr
 --v2-lr, probe scale --probe-scale; 2x2x2x2 and lr 0.3 from 30-second
 screens on the inverted task, results/finetune/screen/) with dense vendors and with rank-1 and rank-4 vendors (the
-transformer: dense and rank 1). Low rank factors only Linear, Conv2d
+transformer: dense and rank 1), and `v2-partial`: dense vendors over the
+biases, the norms and the head only, every other weight frozen
+(requires_grad=False), at --partial-lr (0.1 from 30-second screens on both
+ResNet tasks). Low rank factors only Linear, Conv2d
 (groups=1) and Embedding weights; attention's projections live inside
 `nn.MultiheadAttention`, which reads them itself, so they stay dense (the
 JSON lists, per spec, the share of parameters that is factored). Under the
@@ -112,6 +115,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vendors", default=None, help=f"vendors per spec, 4 specs (default {FULL['vendors']})")
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--v2-lr", type=float, default=0.3)
+    p.add_argument("--partial-lr", type=float, default=0.1, help="V2's rate when only biases, norms and the head "
+                                                                  "are perturbed (v2-partial)")
     p.add_argument("--probe-scale", type=float, default=0.1)
     p.add_argument("--evals", type=int, default=None, help=f"evaluations per method (default {FULL['evals']})")
     p.add_argument("--test-images", type=int, default=None, help=f"first N test images of the task's classes "

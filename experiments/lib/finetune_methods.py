@@ -26,11 +26,28 @@ from marketplace.training import accuracy, batch_indices
 from experiments.lib.finetune_models import load_specs
 
 
+PARTIAL = "v2-partial"  # dense vendors over the biases, the norms and the head only; the rest frozen
+
+
 def rank_of(method: str) -> int | None:
     """None for backprop, 0 for dense vendors, r for rank-r vendors."""
     if method == "backprop":
         return None
-    return 0 if method == "v2-dense" else int(method.removeprefix("v2-rank"))
+    return 0 if method in ("v2-dense", PARTIAL) else int(method.removeprefix("v2-rank"))
+
+
+def freeze_all_but_biases_norms_and_head(specs: list[nn.Module]) -> None:
+    """requires_grad=False on every weight matrix and kernel before the last spec (the head).
+
+    What stays trainable: every one-dimensional parameter (biases, the
+    norms' scales and shifts) and the whole head. A few thousand numbers
+    instead of the whole model: a forward-only estimate of a direction
+    improves as the space it searches shrinks, and a shift of domain or a
+    new class can often be met by rescaling features and re-reading them.
+    """
+    for spec in specs[:-1]:
+        for p in spec.parameters():
+            p.requires_grad_(p.dim() == 1)
 
 
 def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
@@ -38,8 +55,10 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
               "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
-    return {**common, "optimizer": "v2", "lr": args.v2_lr, "probe_scale": args.probe_scale, "batch": args.market_batch,
-            "vendors": args.vendor_counts, "rank": rank_of(method)}
+    lr = args.partial_lr if method == PARTIAL else args.v2_lr
+    return {**common, "optimizer": "v2", "lr": lr, "probe_scale": args.probe_scale, "batch": args.market_batch,
+            "vendors": args.vendor_counts, "rank": rank_of(method),
+            **({"trainable": "biases, norms and the head"} if method == PARTIAL else {})}
 
 
 def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, nn.Module, dict]:
@@ -55,14 +74,19 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
             opt.step()
 
         return step, model, {}
+    if method == PARTIAL:
+        freeze_all_but_biases_norms_and_head(specs)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
-    opt = V2(market, lr=args.v2_lr, probe_scale=args.probe_scale, seed=args.seed)
+    opt = V2(market, lr=args.partial_lr if method == PARTIAL else args.v2_lr, probe_scale=args.probe_scale,
+             seed=args.seed)
 
     def step(x, y):
         out = market.evaluate(x, opt.vendors)
         opt.step(path_losses(out.products, y), out.paths)
 
-    return step, market, {"paths": market.num_paths, "lowrank": lowrank_coverage(market)}
+    return step, market, {"paths": market.num_paths, "lowrank": lowrank_coverage(market),
+                          "perturbed_parameters": sum(lay.numel for lay in market.layouts),
+                          "frozen_parameters": market.frozen_parameters}
 
 
 def lowrank_coverage(market: Market) -> list[dict] | None:

@@ -39,7 +39,8 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         f"Machine: {report['machine']}; torch {torch.__version__}. Accuracy on the first {args.test_images} test "
         "images of each task's classes; seconds count training steps only. Backprop: Adam lr "
         f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market, batch "
-        f"{args.market_batch}, lr {args.v2_lr:g}, probe scale {args.probe_scale:g}. Gain: after - before; "
+        f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial: {args.partial_lr:g}, only biases, norms and the head "
+        f"perturbed), probe scale {args.probe_scale:g}. Gain: after - before; "
         "fraction: of backprop's gain on the same task. Peak MB: weights + the most tensor memory the first "
         "training step holds above them (the profiler's allocation events).",
         "",
