@@ -1,6 +1,7 @@
 """Fine-tune a model you have, forward-only: a CNN trained by backprop on digits 0-4 learns all ten with a market.
 
     uv run python examples/finetune.py --steps 300
+    uv run python examples/finetune.py --steps 300 --freeze    # perturb only the biases and the head
 
 Fails loudly if fine-tuning does not beat the model it started from.
 """
@@ -15,7 +16,8 @@ from marketplace import V2, Market, path_losses
 from marketplace.data import load_split
 
 
-def main(pretrain: int = 300, steps: int = 300, rank: int = 1, data_dir: str | None = None) -> tuple[float, float]:
+def main(pretrain: int = 300, steps: int = 300, rank: int = 1, data_dir: str | None = None,
+         freeze: bool = False) -> tuple[float, float]:
     torch.manual_seed(0)
     x, y = load_split("mnist", "train", data_dir)
     x = x.float().div(255).unsqueeze(1) if x.dim() == 3 else x.float().div(255)
@@ -38,7 +40,11 @@ def main(pretrain: int = 300, steps: int = 300, rank: int = 1, data_dir: str | N
     with torch.no_grad():
         before = accuracy(model)
 
-    # Fine-tune its own modules, forward-only, on all ten digits: two specs, rank-1 vendors.
+    # Fine-tune its own modules, forward-only, on all ten digits: two specs, rank-1 vendors. As for backprop,
+    # requires_grad=False freezes a parameter: every vendor reads it, none perturbs it, no update moves it.
+    if freeze:
+        for p in features.parameters():
+            p.requires_grad_(p.dim() == 1)  # the kernels stay as trained; their biases and the head learn
     market = Market([features, head], vendors=[8, 8], rank=rank)
     optimizer = V2(market, lr=0.3, probe_scale=0.1, seed=0)
     for step in range(steps):
@@ -48,7 +54,7 @@ def main(pretrain: int = 300, steps: int = 300, rank: int = 1, data_dir: str | N
     with torch.no_grad():
         after = accuracy(market)
     print(f"test accuracy on all ten digits: {before:.2f}% before (trained on 0-4), {after:.2f}% after "
-          f"{steps} forward-only steps (rank {rank})")
+          f"{steps} forward-only steps (rank {rank}{', kernels frozen' if freeze else ''})")
     if after <= before:
         raise SystemExit("fine-tuning did not beat the model it started from")
     return before, after
@@ -60,5 +66,6 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rank", type=int, default=1, help="0: dense vendors")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--freeze", action="store_true", help="freeze the convolution kernels (requires_grad=False)")
     args = parser.parse_args()
-    main(args.pretrain, args.steps, args.rank, args.data_dir)
+    main(args.pretrain, args.steps, args.rank, args.data_dir, args.freeze)

@@ -74,3 +74,5 @@ def test_finetune_moves_a_backprop_model_to_all_ten_digits(data_dir, capsys):
     before, after = load("finetune").main(pretrain=100, steps=150, data_dir=str(data_dir))
     assert after > before
     assert "before (trained on 0-4)" in capsys.readouterr().out
+    before, after = load("finetune").main(pretrain=100, steps=150, data_dir=str(data_dir), freeze=True)
+    assert after > before and "kernels frozen" in capsys.readouterr().out
