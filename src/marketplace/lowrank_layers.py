@@ -220,6 +220,21 @@ def grouped_spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: 
     return h.transpose(0, 1)
 
 
+def _small_weights_built(base: dict[str, torch.Tensor], parts: LowRankParts, inp: torch.Tensor,
+                         shared: bool) -> LowRankParts:
+    """The vmap route's `MATERIALISE_BELOW`: factored weights whose M copies are small beside the spec's
+    input (the layer's output is unknown before it runs) become dense deltas a b^T."""
+    budget = MATERIALISE_BELOW * inp.numel()
+    small = {n for n, (a, _) in parts.factors.items()
+             if base[n].numel() * (1 if shared else a.shape[0]) <= budget}  # shared: M copies of one input
+    if not small:
+        return parts
+    built = {n: torch.einsum("moq,mcq->moc", a, b).reshape(a.shape[0], *base[n].shape)
+             for n, (a, b) in parts.factors.items() if n in small}
+    return LowRankParts({**parts.dense, **built}, {n: f for n, f in parts.factors.items() if n not in small},
+                        parts.scaled)
+
+
 def spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: LowRankParts, inp: torch.Tensor,
                  shared: bool, grouped: bool = True) -> torch.Tensor:
     """Spec under every vendor: base {name: [*shape]} weights, the vendors' parts -> [M, N, ...].
@@ -233,6 +248,7 @@ def spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: LowRankP
             return grouped_spec_forward(spec, base, parts, inp, shared)
         except UnsupportedLayout:
             pass
+    parts = _small_weights_built(base, parts, inp, shared)
     layers = factored_layers(spec, set(parts.factors) | set(parts.scaled))
     dense = {n: base[n] + d.to(base[n].dtype) for n, d in parts.dense.items()}
     call = lambda d, f, s, x: corrected_call(spec, layers, d, f, s, x)
