@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict] = {
                                                        "lr_end": 1e-2, "lr_hold": "half"},
     "baseline, lr 1e-1, rank attribution": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank"},
     "baseline, lr 1e-1, vendors 4x4x16": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1, "vendors": (4, 4, 16)},
+    "baseline, lr 1e-1, rank attribution, vendors 8x8x8": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
+                                                            "attribution": "rank", "vendors": (8, 8, 8)},
     "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},
