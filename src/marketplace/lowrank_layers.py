@@ -130,15 +130,15 @@ def _small_vendors(module: nn.Module, w: torch.Tensor, m: int, h: torch.Tensor, 
 
 
 def _materialised(module: nn.Module, own: dict[str, torch.Tensor], h: torch.Tensor, shared: bool,
-                  owned: bool) -> torch.Tensor:
+                  owned: bool, channels_last: bool) -> torch.Tensor:
     """The layer as the dense grouped route runs it, on vendor weights own {name: [M, ...]}."""
     if shared:
-        y = layouts.wide_layer(module, own, h)  # [N, M, ...]: one op of M * O outputs
+        y = layouts.wide_layer(module, own, h, channels_last)  # [N, M, ...]: one op of M * O outputs
         if y is not None:
             return y
         m = own["weight"].shape[0]
         h = h.unsqueeze(1).expand(h.shape[0], m, *h.shape[1:])
-    return layouts.grouped_layer(module, own, h, owned=owned)
+    return layouts.grouped_layer(module, own, h, channels_last, owned)
 
 
 def _factored_conv(module: nn.Conv2d, w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
@@ -176,7 +176,7 @@ def _factored_linear(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, h: torch
 
 
 def grouped_spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: LowRankParts,
-                         inp: torch.Tensor, shared: bool) -> torch.Tensor:
+                         inp: torch.Tensor, shared: bool, channels_last: bool = False) -> torch.Tensor:
     """The grouped route (module docstring): [M, N, ...out], as `spec_forward`.
 
     Raises UnsupportedLayout for a layer it has no rule for (the caller falls back to vmap).
@@ -198,7 +198,7 @@ def grouped_spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: 
             if _small_vendors(module, w, m, h, shared):
                 own = {"weight": w + torch.einsum("moq,mcq->moc", a, b).to(w.dtype).reshape(m, *w.shape)}
                 own.update({n: stacked(full) for n, full in names.items() if n != "weight"})
-                h, shared, owned = _materialised(module, own, h, shared, owned), False, True
+                h, shared, owned = _materialised(module, own, h, shared, owned, channels_last), False, True
                 continue
             h = (_factored_conv(module, w, a, b, h, shared) if isinstance(module, nn.Conv2d)
                  else _factored_linear(w, a, b, h, shared))
@@ -213,7 +213,7 @@ def grouped_spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: 
             continue
         if shared:
             h, shared = h.unsqueeze(1).expand(h.shape[0], m, *h.shape[1:]), False
-        h = layouts.grouped_layer(module, {n: stacked(full) for n, full in names.items()}, h, owned=owned)
+        h = layouts.grouped_layer(module, {n: stacked(full) for n, full in names.items()}, h, channels_last, owned)
         owned = owned or not isinstance(module, (nn.Flatten, nn.Identity))
     if shared:
         h = h.unsqueeze(1).expand(h.shape[0], m, *h.shape[1:])
@@ -236,16 +236,17 @@ def _small_weights_built(base: dict[str, torch.Tensor], parts: LowRankParts, inp
 
 
 def spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: LowRankParts, inp: torch.Tensor,
-                 shared: bool, grouped: bool = True) -> torch.Tensor:
+                 shared: bool, grouped: bool = True, channels_last: bool = False) -> torch.Tensor:
     """Spec under every vendor: base {name: [*shape]} weights, the vendors' parts -> [M, N, ...].
 
     inp: [N, ...] read by every vendor (shared) or [M, N, ...], vendor j on
     inp[j]. grouped: the grouped route where every layer has a rule, else
-    (and with grouped=False) vmap.
+    (and with grouped=False) vmap. channels_last: the grouped route's
+    convolutions in that memory format, as `Market(channels_last=)` runs dense ones.
     """
     if grouped:
         try:
-            return grouped_spec_forward(spec, base, parts, inp, shared)
+            return grouped_spec_forward(spec, base, parts, inp, shared, channels_last)
         except UnsupportedLayout:
             pass
     parts = _small_weights_built(base, parts, inp, shared)

@@ -274,7 +274,9 @@ class Market(nn.Module):
         if self.rank and self.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
             parts = vendors.lowrank_parts(k, self.lowrank_plans[k], inp.device)
             base = dict(self.specs[k].named_parameters())
-            return self._call(k, lambda x: lowrank_spec_forward(self.specs[k], base, parts, x, shared), inp)
+            channels_last = self.channels_last in (True, "auto")
+            return self._call(k, lambda x: lowrank_spec_forward(self.specs[k], base, parts, x, shared,
+                                                                channels_last=channels_last), inp)
         return self._vendor_forward(k, self.vendor_parameters(k, vendors), inp, shared)
 
     def _vendor_forward(self, k: int, params: dict[str, torch.Tensor], inp: torch.Tensor, shared: bool):
