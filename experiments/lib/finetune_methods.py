@@ -50,13 +50,16 @@ def freeze_all_but_biases_norms_and_head(specs: list[nn.Module]) -> None:
             p.requires_grad_(p.dim() == 1)
 
 
+def v2_rate(method: str, args) -> float:
+    return args.partial_lr if method == PARTIAL else args.v2_lr
+
+
 def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
     common = {"task": task, "method": method, "seconds": args.seconds, "evals": args.evals,
               "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
-    lr = args.partial_lr if method == PARTIAL else args.v2_lr
-    return {**common, "optimizer": "v2", "lr": lr, "probe_scale": args.probe_scale, "batch": args.market_batch,
+    return {**common, "optimizer": "v2", "lr": v2_rate(method, args), "probe_scale": args.probe_scale, "batch": args.market_batch,
             "vendors": args.vendor_counts, "rank": rank_of(method),
             **({"trainable": "biases, norms and the head"} if method == PARTIAL else {})}
 
@@ -77,8 +80,7 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     if method == PARTIAL:
         freeze_all_but_biases_norms_and_head(specs)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
-    opt = V2(market, lr=args.partial_lr if method == PARTIAL else args.v2_lr, probe_scale=args.probe_scale,
-             seed=args.seed)
+    opt = V2(market, lr=v2_rate(method, args), probe_scale=args.probe_scale, seed=args.seed)
 
     def step(x, y):
         out = market.evaluate(x, opt.vendors)
