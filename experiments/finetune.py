@@ -62,11 +62,11 @@ bases and runs/TASK--METHOD.json per finished (task, method): rerunning
 the same command reads those back and runs only what is missing; a run
 made with other settings is refused.
 
-Duration with the defaults: about 25 minutes, extrapolated from 4-second
-runs on a 2-core AMD EPYC shared with two other jobs: ~2 minutes for the
-bases (1,000 Adam steps at ~75 ms for the ResNet, ~32 ms for the
-transformer), then 11 runs of 120 s of training plus 10 evaluations each
-(~0.75 s on 2,000 images for the ResNet, ~0.3 s for the transformer).
+Duration with the defaults: about 35 minutes on a 2-core AMD EPYC beside
+one other job (measured): ~2 minutes for the bases (1,000 Adam steps at
+~75 ms for the ResNet, ~32 ms for the transformer), then 14 runs of 120 s
+of training plus 10 evaluations each (~0.75 s on 2,000 images for the
+ResNet, ~0.3 s for the transformer) and one profiled step each.
 
 The bases and tasks are in experiments/lib/finetune_models.py, the timed
 runs and memory in finetune_methods.py, the report in finetune_report.py.

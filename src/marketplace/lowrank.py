@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .errors import MarketError
-from .lowrank_layers import LowRankParts
+from .lowrank_layers import LowRankParts, factor_deltas
 from .rng import uniform_pm1
 from .vendors import SeededVendors, draw_vendors
 
@@ -163,7 +163,7 @@ def materialise(parts: LowRankParts, plan: SpecPlan) -> torch.Tensor:
     for name in plan.names:
         if name in parts.factors:
             a, b = parts.factors[name]
-            flat.append(torch.bmm(a, b.transpose(1, 2)).flatten(1))
+            flat.append(factor_deltas(a, b, a.shape[1:2] + b.shape[1:2]).flatten(1))
         else:
             flat.append(parts.dense[name].flatten(1))
     return torch.cat(flat, dim=1)

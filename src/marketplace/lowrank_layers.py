@@ -57,6 +57,11 @@ class LowRankParts:
     scaled: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def factor_deltas(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Every vendor's whole delta a[j] b[j]^T of a factored weight: a [M, rows, q], b [M, cols, q] -> [M, *shape]."""
+    return torch.bmm(a, b.transpose(1, 2)).reshape(a.shape[0], *shape)
+
+
 def weight_op(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The layer's op on x with another weight and no bias (linear in the weight)."""
     if isinstance(module, nn.Conv2d):
@@ -196,7 +201,7 @@ def grouped_spec_forward(spec: nn.Module, base: dict[str, torch.Tensor], parts: 
             a, b = parts.factors[weight]
             w = base[weight]
             if _small_vendors(module, w, m, h, shared):
-                own = {"weight": w + torch.einsum("moq,mcq->moc", a, b).to(w.dtype).reshape(m, *w.shape)}
+                own = {"weight": w + factor_deltas(a, b, w.shape).to(w.dtype)}
                 own.update({n: stacked(full) for n, full in names.items() if n != "weight"})
                 h, shared, owned = _materialised(module, own, h, shared, owned, channels_last), False, True
                 continue
@@ -229,8 +234,7 @@ def _small_weights_built(base: dict[str, torch.Tensor], parts: LowRankParts, inp
              if base[n].numel() * (1 if shared else a.shape[0]) <= budget}  # shared: M copies of one input
     if not small:
         return parts
-    built = {n: torch.einsum("moq,mcq->moc", a, b).reshape(a.shape[0], *base[n].shape)
-             for n, (a, b) in parts.factors.items() if n in small}
+    built = {n: factor_deltas(a, b, base[n].shape) for n, (a, b) in parts.factors.items() if n in small}
     return LowRankParts({**parts.dense, **built}, {n: f for n, f in parts.factors.items() if n not in small},
                         parts.scaled)
 

@@ -274,9 +274,8 @@ class Market(nn.Module):
         if self.rank and self.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
             parts = vendors.lowrank_parts(k, self.lowrank_plans[k], inp.device)
             base = dict(self.specs[k].named_parameters())
-            channels_last = self.channels_last in (True, "auto")
             return self._call(k, lambda x: lowrank_spec_forward(self.specs[k], base, parts, x, shared,
-                                                                channels_last=channels_last), inp)
+                                                                channels_last=self._channels_last), inp)
         return self._vendor_forward(k, self.vendor_parameters(k, vendors), inp, shared)
 
     def _vendor_forward(self, k: int, params: dict[str, torch.Tensor], inp: torch.Tensor, shared: bool):
@@ -285,7 +284,7 @@ class Market(nn.Module):
         shared: every vendor reads the same input [N, ...] (one wide op),
         else vendor j reads inp[j] (grouped ops).
         """
-        channels_last = self.channels_last in (True, "auto")
+        channels_last = self._channels_last
         form = layouts.resolve(self.formulation, inp.device)
         if form == "vmap" and shared and inp.dim() == 4 and channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
@@ -331,6 +330,11 @@ class Market(nn.Module):
         frozen = self.frozen_parameters
         frozen = f", frozen={frozen:,} parameters" if frozen else ""
         return f"market={market}{sampling}{rank}, paths={self.num_paths}{frozen}"
+
+    @property
+    def _channels_last(self) -> bool:
+        """Whether the grouped routes run convolutions channels-last ("auto" says yes)."""
+        return self.channels_last in (True, "auto")
 
     @property
     def frozen_parameters(self) -> int:
