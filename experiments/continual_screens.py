@@ -25,8 +25,8 @@ from marketplace.continual.report import PrintProgress
 from marketplace.io import write_atomic
 from marketplace.training import JsonLog
 
-# The published settings where they differ from ContinualConfig's defaults (which score losses by rank).
-PUBLISHED: dict = {"attribution": "zscore"}
+# The published settings where they differ from ContinualConfig's defaults (ranks, balanced paths).
+PUBLISHED: dict = {"attribution": "zscore", "balanced": False}
 
 # name -> what it changes in the published settings; "published" first: every other row is compared with it.
 VARIANTS: dict[str, dict] = {
@@ -44,6 +44,11 @@ VARIANTS: dict[str, dict] = {
     "baseline, lr 1e-1, vendors 4x4x16": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1, "vendors": (4, 4, 16)},
     "baseline, lr 1e-1, rank attribution, vendors 8x8x8": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
                                                             "attribution": "rank", "vendors": (8, 8, 8)},
+    # the cheap head gets many vendors, as in the bases' training: the step's noise shifts towards the head
+    "baseline, lr 1e-1, rank attribution, vendors 4x4x64": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
+                                                             "attribution": "rank", "vendors": (4, 4, 64)},
+    "baseline, lr 1e-1, rank attribution, balanced paths": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
+                                                            "attribution": "rank", "balanced": True},
     "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},

@@ -29,7 +29,7 @@ BASES = {"dress": "results/continual/bases/digits.safetensors",
 
 
 def parser(experiment: str, description: str) -> argparse.ArgumentParser:
-    """The script's arguments: those of `ContinualConfig`, with its defaults but the published zscore."""
+    """The script's arguments: those of `ContinualConfig`, with its defaults but the published zscore and paths."""
     exp, d = EXPERIMENTS[experiment], ContinualConfig()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--checkpoint", default=BASES[experiment], help="the base to start from")
@@ -46,7 +46,8 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--records", type=int, default=None, help="K records per update (default: a step's images)")
     p.add_argument("--outliers", type=float, default=None)
     p.add_argument("--augment", action="store_true")
-    p.add_argument("--balanced", action="store_true")
+    p.add_argument("--balanced", action="store_true",
+                   help="spread the vendors evenly over each step's requests (published: independent paths)")
     p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
     p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
                    help="how a step's losses are scored: zscore (V2, as published) or rank (centred ranks)")

@@ -46,8 +46,9 @@ def test_a_store_learns_with_one_attribution(tmp_path):
         ServerConfig(token="t", attribution="median").validate()
 
 
-def test_rank_is_the_default_of_the_server_and_of_continual_learning():
+def test_rank_and_balanced_paths_are_the_defaults_of_the_server_and_of_continual_learning():
     assert ServerConfig().attribution == "rank" and ContinualConfig().attribution == "rank"
+    assert ServerConfig().balanced and ContinualConfig().balanced
     # the training optimizer and its config keep V2 as published
     assert V2(Market(mlp([6, 5, 3]), [2, 2])).estimator.attribution == "zscore"
     assert TrainConfig().attribution == "zscore"

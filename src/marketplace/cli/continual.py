@@ -109,7 +109,8 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         records: Optional[int] = opt.records(D, "K, records per update (default: images per step)"),
         outliers: Optional[float] = option(D, "outliers", "drop losses beyond this many standard deviations"),
         augment: bool = option(D, "augment", "shift old images by up to 2 pixels"),
-        balanced: bool = opt.balanced(D, "spread vendors evenly over each batch's requests"),
+        balanced: bool = opt.balanced(D, "spread vendors evenly over each batch's requests (no padding); "
+                                                 "--no-balanced: independent paths, as published"),
         baseline: bool = opt.baseline(D),
         attribution: str = opt.attribution(D, "rank (centred ranks: bounded influence per record) or "
                                               "zscore (V2, as published)"),

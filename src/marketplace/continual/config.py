@@ -41,7 +41,7 @@ class ContinualConfig:
     records: int | None = None  # K; None: one update per step (old + new per step)
     outliers: float | None = None  # drop losses beyond this many standard deviations
     augment: bool = False  # shift the old images by up to 2 px
-    balanced: bool = False
+    balanced: bool = True  # an even spread of vendors per batch (no padding); False: independent paths, as published
     baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
     attribution: str = "rank"  # centred ranks (bounded influence per record); "zscore": V2 as published
     eval_every: int = 500
