@@ -49,6 +49,13 @@ VARIANTS: dict[str, dict] = {
                                                              "attribution": "rank", "vendors": (4, 4, 64)},
     "baseline, lr 1e-1, rank attribution, balanced paths": {"baseline": True, "lr": 1e-1, "probe_scale": 0.1,
                                                             "attribution": "rank", "balanced": True},
+    # only the biases, the norms and the head learn: a smaller space to search, and the kernels that every
+    # old class reads stay as they were
+    "baseline, lr 1e-1, rank attribution, balanced paths, partial": {
+        "baseline": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank", "balanced": True, "learn": "partial"},
+    "baseline, lr 3e-2, rank attribution, balanced paths, partial": {
+        "baseline": True, "lr": 3e-2, "probe_scale": 1 / 3, "attribution": "rank", "balanced": True,
+        "learn": "partial"},
     "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},

@@ -21,6 +21,7 @@ from torch import nn
 
 from marketplace import V2, Market, path_losses
 from marketplace.diagnostics import peak_tensor_bytes
+from marketplace.specs import freeze_all_but_biases_norms_and_head
 from marketplace.training import accuracy, batch_indices
 
 from experiments.lib.finetune_models import load_specs
@@ -34,20 +35,6 @@ def rank_of(method: str) -> int | None:
     if method == "backprop":
         return None
     return 0 if method in ("v2-dense", PARTIAL) else int(method.removeprefix("v2-rank"))
-
-
-def freeze_all_but_biases_norms_and_head(specs: list[nn.Module]) -> None:
-    """requires_grad=False on every weight matrix and kernel before the last spec (the head).
-
-    What stays trainable: every one-dimensional parameter (biases, the
-    norms' scales and shifts) and the whole head. A few thousand numbers
-    instead of the whole model: a forward-only estimate of a direction
-    improves as the space it searches shrinks, and a shift of domain or a
-    new class can often be met by rescaling features and re-reading them.
-    """
-    for spec in specs[:-1]:
-        for p in spec.parameters():
-            p.requires_grad_(p.dim() == 1)
 
 
 def v2_rate(method: str, args) -> float:

@@ -110,6 +110,20 @@ def has_parameters(spec: nn.Module) -> bool:
     return any(p.requires_grad for p in spec.parameters())
 
 
+def freeze_all_but_biases_norms_and_head(specs: Sequence[nn.Module]) -> None:
+    """requires_grad=False on every weight matrix and kernel before the last spec (the head).
+
+    What stays trainable: every one-dimensional parameter (biases, the
+    norms' scales and shifts) and the whole head. A few thousand numbers
+    instead of the whole model: a forward-only estimate of a direction
+    improves as the space it searches shrinks, and a shift of domain or a
+    new class can often be met by rescaling features and re-reading them.
+    """
+    for spec in specs[:-1]:
+        for p in spec.parameters():
+            p.requires_grad_(p.dim() == 1)
+
+
 def vendor_counts(specs: Sequence[nn.Module], vendors: int | Sequence[int]) -> int | list[int]:
     """One int for all specs gives the parameter-free ones their single implicit vendor."""
     if isinstance(vendors, int) and not isinstance(vendors, bool):

@@ -156,3 +156,19 @@ def test_resumed_run_follows_the_rate_schedule(base, small_data, tmp_path):
     last_rate = 0.05 * (0.005 / 0.05) ** 0.5  # the rate of step 5, the last one
     assert a.meta["config"]["lr_end"] == 0.005
     assert float(torch.as_tensor(a.optimizer["optimizer/lr"]).reshape(-1)[0]) == pytest.approx(last_rate)
+
+
+def test_partial_learning_moves_only_biases_norms_and_the_head(base, small_data, tmp_path):
+    buffer = io.StringIO()
+    run = ContinualRun(config(base, small_data, tmp_path, learn="partial", save=None),
+                       [PrintProgress(console=Console(file=buffer, force_terminal=False, width=200))])
+    start = {k: v.clone() for k, v in run.market.state_dict().items()}
+    assert run.market.frozen_parameters > 0
+    run.run()
+    assert f"{run.market.frozen_parameters:,} parameters frozen (learn=partial)" in buffer.getvalue().splitlines()[0]
+    head = f"specs.{run.market.depth - 1}."
+    for key, value in run.market.state_dict().items():
+        moved = not torch.equal(value, start[key])
+        assert moved == (value.dim() == 1 or key.startswith(head)), key
+    with pytest.raises(Exception, match="learn"):
+        ContinualConfig(learn="kernels").validate()

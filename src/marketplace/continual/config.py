@@ -10,9 +10,10 @@ from ..functional import ATTRIBUTIONS
 
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "lr_end", "lr_hold",
-                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution", "seed")
+                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution", "learn", "seed")
 # What a run saved before a setting existed learned with.
-SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0}
+SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all"}
+LEARN = ("all", "partial")  # which weights learn: all, or the biases, the norms and the head only
 
 
 @dataclass
@@ -44,6 +45,7 @@ class ContinualConfig:
     balanced: bool = True  # an even spread of vendors per batch (no padding); False: independent paths, as published
     baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
     attribution: str = "rank"  # centred ranks (bounded influence per record); "zscore": V2 as published
+    learn: str = "all"  # "partial": only the biases, the norms and the head (the kernels frozen)
     eval_every: int = 500
     eval_samples: int = 2000  # old-class validation images at each validation (the summary uses all of them)
     log_every: int = 50  # learning accuracy is logged as the mean over this many steps
@@ -64,6 +66,7 @@ class ContinualConfig:
             raise checks.fail("need steps >= 1 and at least 2 images per step", "steps")
         checks.one_of("attribution", self.attribution, ATTRIBUTIONS)
         checks.one_of("unit", self.unit, checks.UNITS)
+        checks.one_of("learn", self.learn, LEARN)
         if self.lr_end is not None and not self.lr_end > 0:
             raise checks.fail(f"lr_end must be positive, got {self.lr_end!r}", "lr_end")
         if self.lr_hold < 0:

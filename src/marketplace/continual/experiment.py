@@ -27,6 +27,7 @@ from ..machine import machine_name, resolve_device
 from ..market import Market
 from ..optim import V2
 from ..rng import derive_seeds
+from ..specs import freeze_all_but_biases_norms_and_head
 from ..training import Hook, accuracy, load_checkpoint, save_checkpoint
 from . import dress, dress_class10, nine
 from .config import ContinualConfig, scheduled_rate
@@ -74,7 +75,10 @@ class ContinualRun:
         self.device = resolve_device(config.device)
         self.data = experiment_data(config.experiment, config.data_dir, self.device)
         self.market, self.meta = load_market(config.checkpoint, self.device, self.data.classes)
-        if tuple(self.market.vendor_counts) != tuple(config.vendors):
+        if config.learn == "partial":  # frozen before the market is built: it reads requires_grad once
+            freeze_all_but_biases_norms_and_head(self.market.specs)
+            self.market = Market(list(self.market.specs), list(config.vendors)).to(self.device)
+        elif tuple(self.market.vendor_counts) != tuple(config.vendors):
             self.market = Market(list(self.market.specs), list(config.vendors)).to(self.device)
         optimizer = V2(self.market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
                        decay=0.0, seed=config.seed, attribution=config.attribution)

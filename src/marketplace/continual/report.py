@@ -30,7 +30,9 @@ class PrintProgress(Hook):
         self.started = self.last_line = time.perf_counter()
         counts = "x".join(map(str, market.vendor_counts))
         where = f"resuming at step {start_step}" if start_step else "from step 0"
-        self.console.print(f"continual {config.experiment}: market {counts}, {config.steps} steps, {where}",
+        frozen = market.frozen_parameters
+        learns = f", {frozen:,} parameters frozen (learn={config.learn})" if frozen else ""
+        self.console.print(f"continual {config.experiment}: market {counts}{learns}, {config.steps} steps, {where}",
                            highlight=False)
         if self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -193,7 +195,8 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
                f"probe scale {config.get('probe_scale')}, unit {config.get('unit')}, "
                f"{config.get('attribution', 'zscore')}{', baseline' if config.get('baseline') else ''}, "
                f"{config.get('old_per_step')}+{config.get('new_per_step')} per step"
-               f"{', few-shot' if config.get('few_shot') else ''}")
+               f"{', few-shot' if config.get('few_shot') else ''}"
+               f"{', only biases, norms and head learn' if config.get('learn', 'all') == 'partial' else ''}")
     if end:
         details += f" | {end.get('steps')} steps, {end.get('seconds')} s on {end.get('device')}"
     fig.suptitle(f"{heading}\n{details}", fontsize=10)
