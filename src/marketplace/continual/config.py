@@ -10,7 +10,8 @@ from ..functional import ATTRIBUTIONS
 
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "lr_end", "lr_hold",
-                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution", "learn", "seed")
+                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution",
+                   "learn", "seed")
 # What a run saved before a setting existed learned with.
 SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all"}
 LEARN = ("all", "partial")  # which weights learn: all, or the biases, the norms and the head only

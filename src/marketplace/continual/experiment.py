@@ -75,10 +75,10 @@ class ContinualRun:
         self.device = resolve_device(config.device)
         self.data = experiment_data(config.experiment, config.data_dir, self.device)
         self.market, self.meta = load_market(config.checkpoint, self.device, self.data.classes)
-        if config.learn == "partial":  # frozen before the market is built: it reads requires_grad once
+        partial = config.learn == "partial"
+        if partial:  # before the market is built: a market reads requires_grad once
             freeze_all_but_biases_norms_and_head(self.market.specs)
-            self.market = Market(list(self.market.specs), list(config.vendors)).to(self.device)
-        elif tuple(self.market.vendor_counts) != tuple(config.vendors):
+        if partial or tuple(self.market.vendor_counts) != tuple(config.vendors):
             self.market = Market(list(self.market.specs), list(config.vendors)).to(self.device)
         optimizer = V2(self.market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
                        decay=0.0, seed=config.seed, attribution=config.attribution)
