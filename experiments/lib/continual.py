@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from marketplace.cli.options import for_cli
-from marketplace.continual.config import ContinualConfig
+from marketplace.continual.config import LEARN, ContinualConfig
 from marketplace.continual.experiment import EXPERIMENTS, run_experiment
 from marketplace.continual.report import PrintProgress, mlflow_hook, plot_log
 from marketplace.errors import MarketplaceError
@@ -51,7 +51,7 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
     p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
                    help="how a step's losses are scored: zscore (V2, as published) or rank (centred ranks)")
-    p.add_argument("--learn", default=d.learn, choices=["all", "partial"],
+    p.add_argument("--learn", default=d.learn, choices=LEARN,
                    help="which weights learn: all, or only the biases, the norms and the head")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-samples", type=int, default=d.eval_samples)

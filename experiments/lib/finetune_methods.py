@@ -46,8 +46,8 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
               "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
-    return {**common, "optimizer": "v2", "lr": v2_rate(method, args), "probe_scale": args.probe_scale, "batch": args.market_batch,
-            "vendors": args.vendor_counts, "rank": rank_of(method),
+    return {**common, "optimizer": "v2", "lr": v2_rate(method, args), "probe_scale": args.probe_scale,
+            "batch": args.market_batch, "vendors": args.vendor_counts, "rank": rank_of(method),
             **({"trainable": "biases, norms and the head"} if method == PARTIAL else {})}
 
 

@@ -123,7 +123,7 @@ def test_killed_script_resumes_to_the_same_weights(base, small_data, tmp_path):
     assert f"resuming at step {killed_at}" in resumed.stderr.splitlines()[0]
     whole = tmp_path / "whole"
     ContinualRun(config(base, small_data, whole, steps=target, augment=False, eval_every=1000, log_every=1,
-                        checkpoint_every=3, attribution="zscore", balanced=False)).run()  # the script's published defaults
+                        checkpoint_every=3, attribution="zscore", balanced=False)).run()  # the script's defaults
     a, b = load_checkpoint(save), load_checkpoint(whole / "run.safetensors")
     assert a.meta["step"] == b.meta["step"] == target
     assert all(torch.equal(a.model[k], b.model[k]) for k in a.model)
