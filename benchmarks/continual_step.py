@@ -16,7 +16,9 @@ inference is `market(x)`, the base weights on the same 256 images. Variants:
 - `step --balanced`: the step with balanced paths (each request's vendor
   still uniform, the vendors spread evenly over the batch: no padding),
   what continual runs and the server use by default;
-- `step --baseline --balanced`: both.
+- `step --baseline --balanced`: both;
+- `step --mirrored --balanced`: each request run along its mirrored path
+  too (every delta negated), records learn from half the difference.
 
 The targets apply to the default, balanced paths; the independent-path rows
 (the article's sampling) are there to compare.
@@ -49,7 +51,7 @@ from marketplace.optim import V2
 
 from benchmarks.serving import timed  # noqa: E402
 
-TARGETS = {"step --balanced": 1.25, "step --baseline --balanced": 2.25}
+TARGETS = {"step --balanced": 1.25, "step --baseline --balanced": 2.25, "step --mirrored --balanced": 2.25}
 
 
 def stream_batch(device: torch.device, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +62,9 @@ def stream_batch(device: torch.device, data_dir: str | None) -> tuple[torch.Tens
     return torch.cat([x[:240], dress]), torch.cat([y[:240], torch.full((16,), 3, device=device)])
 
 
-def learner(market: Market, baseline: bool, balanced: bool = False) -> ContinualLearner:
+def learner(market: Market, baseline: bool, balanced: bool = False, mirrored: bool = False) -> ContinualLearner:
     opt = V2(market, lr=1e-2, probe_scale=1.0, per_spec=False, decay=0.0, seed=0)
-    return ContinualLearner(opt, records=256, path_seed=0, baseline=baseline, balanced=balanced)
+    return ContinualLearner(opt, records=256, path_seed=0, baseline=baseline, balanced=balanced, mirrored=mirrored)
 
 
 def bench(device: torch.device, rounds: int, calls: int, data_dir: str | None) -> dict[str, list[float]]:
@@ -70,11 +72,12 @@ def bench(device: torch.device, rounds: int, calls: int, data_dir: str | None) -
     x, y = stream_batch(device, data_dir)
     plain_market = Market(beautiful_mnist(), [4, 4, 4]).to(device)
     markets = {name: Market(beautiful_mnist(), [4, 4, 4]).to(device)
-               for name in ("serve", "step", "baseline", "balanced", "baseline-balanced")}
+               for name in ("serve", "step", "baseline", "balanced", "baseline-balanced", "mirrored-balanced")}
     learners = {"serve": learner(markets["serve"], False), "step": learner(markets["step"], False),
                 "step --baseline": learner(markets["baseline"], True),
                 "step --balanced": learner(markets["balanced"], False, balanced=True),
-                "step --baseline --balanced": learner(markets["baseline-balanced"], True, balanced=True)}
+                "step --baseline --balanced": learner(markets["baseline-balanced"], True, balanced=True),
+                "step --mirrored --balanced": learner(markets["mirrored-balanced"], False, balanced=True, mirrored=True)}
     variants = {
         "plain": lambda: torch.no_grad()(plain_market)(x),
         "serve": lambda: learners["serve"].infer(x),
@@ -82,6 +85,7 @@ def bench(device: torch.device, rounds: int, calls: int, data_dir: str | None) -
         "step --baseline": lambda: learners["step --baseline"].serve(x, labels=y),
         "step --balanced": lambda: learners["step --balanced"].serve(x, labels=y),
         "step --baseline --balanced": lambda: learners["step --baseline --balanced"].serve(x, labels=y),
+        "step --mirrored --balanced": lambda: learners["step --mirrored --balanced"].serve(x, labels=y),
     }
     for fn in variants.values():  # warm up: allocator, first-call costs
         for _ in range(3):

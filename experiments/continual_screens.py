@@ -56,6 +56,16 @@ VARIANTS: dict[str, dict] = {
     "baseline, lr 3e-2, rank attribution, balanced paths, partial": {
         "baseline": True, "lr": 3e-2, "probe_scale": 1 / 3, "attribution": "rank", "balanced": True,
         "learn": "partial"},
+    # each record against its mirrored path (a central difference) instead of the base weights
+    "mirrored, lr 1e-1, rank attribution, balanced paths": {"mirrored": True, "lr": 1e-1, "probe_scale": 0.1,
+                                                            "attribution": "rank", "balanced": True},
+    # more directions per step where vendors are cheap (the head); with 256 head vendors each record probes its own
+    "mirrored, lr 1e-1, rank attribution, balanced paths, vendors 4x4x64": {
+        "mirrored": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank", "balanced": True,
+        "vendors": (4, 4, 64)},
+    "mirrored, lr 1e-1, rank attribution, balanced paths, vendors 4x4x256": {
+        "mirrored": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank", "balanced": True,
+        "vendors": (4, 4, 256)},
     "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},

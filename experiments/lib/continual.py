@@ -49,6 +49,8 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--balanced", action="store_true",
                    help="spread the vendors evenly over each step's requests (published: independent paths)")
     p.add_argument("--baseline", action="store_true", help="learn from path loss minus the base weights' loss")
+    p.add_argument("--mirrored", action="store_true",
+                   help="learn from half the path's loss minus its mirror's (every delta negated)")
     p.add_argument("--attribution", default="zscore", choices=["zscore", "rank"],
                    help="how a step's losses are scored: zscore (V2, as published) or rank (centred ranks)")
     p.add_argument("--learn", default=d.learn, choices=LEARN,
@@ -87,8 +89,8 @@ def run_script(experiment: str, description: str, argv: list[str] | None = None)
         new_per_step=args.new_per_step, few_shot=args.few_shot, vendors=vendors, lr=args.lr,
         lr_end=args.lr_end, lr_hold=args.lr_hold,
         probe_scale=args.probe_scale, unit=args.unit, records=args.records, outliers=args.outliers,
-        augment=args.augment, balanced=args.balanced, baseline=args.baseline, attribution=args.attribution,
-        learn=args.learn, eval_every=args.eval_every,
+        augment=args.augment, balanced=args.balanced, baseline=args.baseline, mirrored=args.mirrored,
+        attribution=args.attribution, learn=args.learn, eval_every=args.eval_every,
         eval_samples=args.eval_samples, log_every=args.log_every, seed=args.seed, device=args.device,
         data_dir=args.data_dir, log=str(log), save=str(save), checkpoint_every=args.checkpoint_every,
         resume=args.resume)

@@ -172,3 +172,14 @@ def test_partial_learning_moves_only_biases_norms_and_the_head(base, small_data,
         assert moved == (value.dim() == 1 or key.startswith(head)), key
     with pytest.raises(Exception, match="learn"):
         ContinualConfig(learn="kernels").validate()
+
+
+def test_a_mirrored_run_resumes_exactly_and_only_mirrored(base, small_data, tmp_path):
+    whole = run_experiment(config(base, small_data, tmp_path / "a", mirrored=True))
+    run_experiment(config(base, small_data, tmp_path / "b", mirrored=True, steps=4))
+    rest = ContinualRun(config(base, small_data, tmp_path / "b", mirrored=True, resume=True)).run()
+    a, b = (load_checkpoint(tmp_path / d / "run.safetensors") for d in "ab")
+    assert all(torch.equal(a.model[key], b.model[key]) for key in a.model)
+    assert rest["val_new_end"] == whole["val_new_end"] and a.meta["config"]["mirrored"] is True
+    with pytest.raises(Exception, match="mirrored=True \\(now False\\)"):
+        ContinualRun(config(base, small_data, tmp_path / "b", resume=True, steps=8))

@@ -112,6 +112,7 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
         balanced: bool = opt.balanced(D, "spread vendors evenly over each batch's requests (no padding); "
                                                  "--no-balanced: independent paths, as published"),
         baseline: bool = opt.baseline(D),
+        mirrored: bool = opt.mirrored(D),
         attribution: str = opt.attribution(D, "rank (centred ranks: bounded influence per record) or "
                                               "zscore (V2, as published)"),
         learn: str = option(D, "learn", "which weights learn: all, or partial (the biases, the norms and the head; "

@@ -155,6 +155,11 @@ def baseline(config, help: str = "learn from each path's loss minus the base wei
     return option(config, "baseline", help)
 
 
+def mirrored(config, help: str = "learn from half the difference between each path's loss and its mirror's "
+                                  "(every delta negated): one more forward, like --baseline"):
+    return option(config, "mirrored", help)
+
+
 # -- how a command reports: options of the command, not of a config --------------------------------------------
 
 def log(help: str = "append a JSON line per logged step to this file"):

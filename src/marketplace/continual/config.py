@@ -10,10 +10,10 @@ from ..functional import ATTRIBUTIONS
 
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "lr_end", "lr_hold",
-                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "attribution",
-                   "learn", "seed")
+                   "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "mirrored",
+                   "attribution", "learn", "seed")
 # What a run saved before a setting existed learned with.
-SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all"}
+SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all", "mirrored": False}
 LEARN = ("all", "partial")  # which weights learn: all, or the biases, the norms and the head only
 
 
@@ -45,6 +45,7 @@ class ContinualConfig:
     augment: bool = False  # shift the old images by up to 2 px
     balanced: bool = True  # an even spread of vendors per batch (no padding); False: independent paths, as published
     baseline: bool = False  # records are path loss minus base loss (`ContinualLearner(baseline=True)`)
+    mirrored: bool = False  # records are half path loss minus mirrored path loss (`ContinualLearner(mirrored=True)`)
     attribution: str = "rank"  # centred ranks (bounded influence per record); "zscore": V2 as published
     learn: str = "all"  # "partial": only the biases, the norms and the head (the kernels frozen)
     eval_every: int = 500
@@ -68,6 +69,9 @@ class ContinualConfig:
         checks.one_of("attribution", self.attribution, ATTRIBUTIONS)
         checks.one_of("unit", self.unit, checks.UNITS)
         checks.one_of("learn", self.learn, LEARN)
+        if self.baseline and self.mirrored:
+            raise checks.fail("baseline and mirrored are two references for a path's loss: choose one",
+                              "baseline", "mirrored")
         if self.lr_end is not None and not self.lr_end > 0:
             raise checks.fail(f"lr_end must be positive, got {self.lr_end!r}", "lr_end")
         if self.lr_hold < 0:

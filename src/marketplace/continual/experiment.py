@@ -85,7 +85,7 @@ class ContinualRun:
         records = config.records or config.old_per_step + config.new_per_step
         self.learner = ContinualLearner(optimizer, records=records, outliers=config.outliers,
                                         path_seed=config.seed, balanced=config.balanced,
-                                        baseline=config.baseline)
+                                        baseline=config.baseline, mirrored=config.mirrored)
         self.augmenter = torch.Generator().manual_seed(int(derive_seeds(config.seed, STREAM_AUGMENT)[0]) & (2**63 - 1))
         self.step, self.seconds, self.eval_seconds, self.start_val = 0, 0.0, 0.0, None
         if config.resume:

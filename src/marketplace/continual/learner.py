@@ -19,6 +19,15 @@ That difference is what the path's perturbation did to this example; the
 example's own difficulty, which otherwise dominates a single-example loss,
 cancels. It costs one plain forward per batch; the update rule is unchanged.
 
+With `mirrored=True` each request also runs along the mirror of its path
+(every delta of the path negated) and a record's loss is half the
+difference, a central difference: besides the example's difficulty, the
+curvature along the perturbation (the same for +delta and -delta, and
+nearly all of what a single old, well-learned example's loss difference
+holds) cancels, leaving the part that says which way is downhill. The
+answer is the mean of the two outputs, the base weights' to second order.
+It costs one more forward along the mirrored paths, like the baseline.
+
 Stale records are discarded. A record belongs to the seeds it was served
 with, identified by the optimizer's step counter. When an update redraws the
 seeds, records of the old step that were not part of it (a label that
@@ -38,7 +47,7 @@ import torch
 from ..errors import MarketplaceError, UnknownRequestError
 from ..optim import AdaptiveV2, MarketOptimizer
 from .losses import LossFn, OutlierRule, drop_beyond_std, per_example_cross_entropy, relative_losses
-from .serving import serve, vendor_weights
+from .serving import mirrored_weights, serve, vendor_weights
 
 
 @dataclass
@@ -49,7 +58,7 @@ class Pending:
     path: torch.Tensor  # int64 [N]
     logits: torch.Tensor | None  # [C]; None once it can no longer count (stale)
     input: Any = None  # a reference to the input (not saved by state_dict)
-    base: torch.Tensor | None = None  # [C], the base weights' logits (learners with a baseline)
+    reference: torch.Tensor | None = None  # [C], the base weights' or the mirrored path's logits
 
 
 @dataclass
@@ -57,7 +66,9 @@ class Response:
     """What `ContinualLearner.serve` answers: logits [B, C], paths [B, N], request ids, step.
 
     logits are the answer: the path's, or the base weights' under a
-    baseline, when `path_logits` holds the path's (what is learned from).
+    baseline (the mean of the path's and its mirror's when mirrored), when
+    `path_logits` holds the path's (what is learned from) and `reference`
+    what its loss is measured against.
     """
 
     logits: torch.Tensor
@@ -65,6 +76,7 @@ class Response:
     ids: list
     step: int
     path_logits: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
 
     @property
     def probe_logits(self) -> torch.Tensor:
@@ -85,12 +97,13 @@ class ContinualLearner:
     balanced: draw paths with an even spread of vendors per batch
     (`serving.balanced_paths`) instead of independently per request.
     baseline: answer with the base weights and learn from each path's loss
-    minus theirs (see the module docstring).
+    minus theirs. mirrored: learn from half the difference between each
+    path's loss and its mirror's (see the module docstring); one or the other.
     """
 
     def __init__(self, optimizer: MarketOptimizer, records: int = 256,
                  outliers: float | OutlierRule | None = None, loss_fn: LossFn = per_example_cross_entropy,
-                 path_seed: int = 0, balanced: bool = False, baseline: bool = False):
+                 path_seed: int = 0, balanced: bool = False, baseline: bool = False, mirrored: bool = False):
         if not isinstance(optimizer, MarketOptimizer):
             raise TypeError(f"expected a market optimizer, got {type(optimizer).__name__}")
         if isinstance(optimizer, AdaptiveV2):
@@ -98,6 +111,8 @@ class ContinualLearner:
                              "cannot be re-run: use V2")
         if not isinstance(records, int) or isinstance(records, bool) or records < 2:
             raise ValueError(f"Invalid records: {records!r} (need at least 2 losses to standardize)")
+        if baseline and mirrored:
+            raise ValueError("baseline and mirrored are two references for a path's loss: choose one")
         self.optimizer = optimizer
         self.market = optimizer.market
         self.records = records
@@ -107,6 +122,7 @@ class ContinualLearner:
         self.loss_fn = loss_fn
         self.balanced = balanced
         self.baseline = bool(baseline)
+        self.mirrored = bool(mirrored)
         self.generator = torch.Generator().manual_seed(path_seed)
         self._losses: list[torch.Tensor] = []  # labelled records of the current step
         self._paths: list[torch.Tensor] = []
@@ -115,6 +131,7 @@ class ContinualLearner:
         self._ids = itertools.count()
         self.stats = {"served": 0, "recorded": 0, "stale": 0, "outliers": 0, "updates": 0}
         self._stacked: tuple | None = None  # (vendors, their stacked weights per spec), reused by `infer`
+        self._mirror: tuple | None = None  # (vendors, their mirrored weights per spec)
 
     @property
     def step(self) -> int:
@@ -124,6 +141,11 @@ class ContinualLearner:
     @property
     def vendors(self):
         return self.optimizer.vendors
+
+    @property
+    def _referenced(self) -> bool:
+        """Whether a record's loss is measured against reference logits (the base's or the mirror's)."""
+        return self.baseline or self.mirrored
 
     @property
     def buffered(self) -> int:
@@ -158,13 +180,13 @@ class ContinualLearner:
         self.stats["served"] += b
         out.ids = list(ids) if ids is not None else [next(self._ids) for _ in range(b)]
         if labels is not None:
-            self._record(self.losses(out.probe_logits, labels, self._base_of(out)), out.paths, step)
+            self._record(self.losses(out.probe_logits, labels, out.reference), out.paths, step)
             return out
         refs = inputs if inputs is not None else x
-        paths, base = out.paths.cpu(), self._base_of(out)
+        paths, reference = out.paths.cpu(), out.reference
         for i, rid in enumerate(out.ids):
             self.pending[rid] = Pending(step, paths[i], out.probe_logits[i], refs[i],
-                                        None if base is None else base[i])
+                                        None if reference is None else reference[i])
         return out
 
     def infer(self, x: torch.Tensor) -> Response:
@@ -186,20 +208,29 @@ class ContinualLearner:
         return self._answer(out, x)
 
     def _answer(self, out, x: torch.Tensor) -> Response:
-        """The served paths' output -> the answer: under a baseline, the base weights' logits beside them."""
-        if not self.baseline:
-            return Response(out.logits, out.paths, [], self.step)
-        with torch.no_grad():
-            base = self.market(x)
-        return Response(base, out.paths, [], self.step, path_logits=out.logits)
+        """The served paths' output -> the answer, with the reference a record's loss is measured against."""
+        if self.baseline:
+            with torch.no_grad():
+                base = self.market(x)
+            return Response(base, out.paths, [], self.step, path_logits=out.logits, reference=base)
+        if self.mirrored:
+            vendors = self.vendors
+            if self._mirror is None or self._mirror[0] is not vendors:
+                self._mirror = (vendors, [mirrored_weights(self.market, k, vendors) for k in range(self.market.depth)])
+            mirror = serve(self.market, vendors, x, paths=out.paths, stacked=self._mirror[1]).logits
+            return Response((out.logits + mirror) / 2, out.paths, [], self.step, path_logits=out.logits,
+                            reference=mirror)
+        return Response(out.logits, out.paths, [], self.step)
 
-    @staticmethod
-    def _base_of(out: Response) -> torch.Tensor | None:
-        return None if out.path_logits is None else out.logits
+    def losses(self, logits: torch.Tensor, labels: torch.Tensor,
+               reference: torch.Tensor | None = None) -> torch.Tensor:
+        """What a record learns from: the path's loss, minus the loss of the `reference` logits when given.
 
-    def losses(self, logits: torch.Tensor, labels: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-        """What a record learns from: the path's loss, minus the base weights' loss when `base` logits are given."""
-        return relative_losses(self.loss_fn, logits, labels, base)
+        The reference is the base weights' (a baseline) or the mirrored
+        path's, whose difference is halved: a central difference.
+        """
+        losses = relative_losses(self.loss_fn, logits, labels, reference)
+        return losses / 2 if self.mirrored and reference is not None else losses
 
     def label(self, ids: Sequence[Hashable], labels: torch.Tensor | Sequence[int]) -> int:
         """Labels for requests served earlier, in any order; returns how many were recorded.
@@ -241,8 +272,8 @@ class ContinualLearner:
 
     def _flush_labels(self, entries: list[Pending], labels: list[int]) -> int:
         logits = torch.stack([e.logits for e in entries])
-        base = torch.stack([e.base for e in entries]) if self.baseline else None
-        losses = self.losses(logits, torch.tensor(labels, dtype=torch.int64, device=logits.device), base)
+        reference = torch.stack([e.reference for e in entries]) if self._referenced else None
+        losses = self.losses(logits, torch.tensor(labels, dtype=torch.int64, device=logits.device), reference)
         return self._record(losses, torch.stack([e.path for e in entries]), entries[0].step)
 
     def record(self, losses: torch.Tensor, paths: torch.Tensor, step: int) -> int:
@@ -299,7 +330,7 @@ class ContinualLearner:
         self.stats["updates"] += int(updated)
         for entry in self.pending.values():  # they can no longer count: free their logits and inputs
             if entry.step == old_step:
-                entry.logits, entry.input, entry.base = None, None, None
+                entry.logits, entry.input, entry.reference = None, None, None
         return updated
 
     # -- saving and restoring ------------------------------------------------
@@ -319,6 +350,7 @@ class ContinualLearner:
             "records": self.records,
             "balanced": self.balanced,
             "baseline": self.baseline,
+            "mirrored": self.mirrored,
             "generator": self.generator.get_state(),
             "next_id": self._peek_id(),
             "buffer_losses": torch.cat(self._losses) if self._losses else torch.zeros(0),
@@ -329,8 +361,8 @@ class ContinualLearner:
             else torch.zeros(0, self.market.depth, dtype=torch.int64),
             "pending_logits": torch.stack([e.logits.detach().cpu() for _, e in live]) if live
             else torch.zeros(0, n_classes),
-            "pending_base": torch.stack([e.base.detach().cpu() for _, e in live]) if live and self.baseline
-            else torch.zeros(0, n_classes),
+            "pending_reference": torch.stack([e.reference.detach().cpu() for _, e in live])
+            if live and self._referenced else torch.zeros(0, n_classes),
             "stale_ids": [rid for rid, e in waiting if e.logits is None],
             "stats": dict(self.stats),
         })
@@ -346,19 +378,20 @@ class ContinualLearner:
         self.optimizer.load_state_dict(opt_state)
         self.records = int(state["records"])
         self.balanced = bool(state.get("balanced", False))
-        if bool(state.get("baseline", False)) != self.baseline:
-            raise MarketplaceError(f"this state was saved by a learner with baseline={not self.baseline}; "
-                                   f"this one has baseline={self.baseline}")
+        for name in ("baseline", "mirrored"):
+            if bool(state.get(name, False)) != getattr(self, name):
+                raise MarketplaceError(f"this state was saved by a learner with {name}={not getattr(self, name)}; "
+                                       f"this one has {name}={getattr(self, name)}")
         self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
         self._ids = itertools.count(int(state["next_id"]))
         losses, paths = state["buffer_losses"], state["buffer_paths"]
         self._losses, self._paths, self._count = ([losses], [paths], losses.numel()) if losses.numel() else ([], [], 0)
-        bases = state.get("pending_base")
-        bases = list(bases) if self.baseline else [None] * len(state["pending_ids"])
+        references = state.get("pending_reference", state.get("pending_base"))  # pending_base: older checkpoints
+        references = list(references) if self._referenced else [None] * len(state["pending_ids"])
         self.pending = {
-            rid: Pending(int(s), p, l, None, b)
-            for rid, s, p, l, b in zip(state["pending_ids"], state["pending_steps"].tolist(),
-                                       state["pending_paths"], state["pending_logits"], bases)
+            rid: Pending(int(s), p, l, None, r)
+            for rid, s, p, l, r in zip(state["pending_ids"], state["pending_steps"].tolist(),
+                                       state["pending_paths"], state["pending_logits"], references)
         }
         self.pending.update({rid: Pending(-1, torch.zeros(0, dtype=torch.int64), None) for rid in state["stale_ids"]})
         self.stats = {k: int(v) for k, v in state["stats"].items()}
@@ -366,5 +399,5 @@ class ContinualLearner:
     def __repr__(self) -> str:
         rule = getattr(self._keep, "__name__", None)
         return (f"ContinualLearner({self.optimizer!r}, records={self.records}, outliers={rule}, "
-                f"baseline={self.baseline}, "
+                f"baseline={self.baseline}, mirrored={self.mirrored}, "
                 f"step={self.step}, waiting={len(self.pending)})")

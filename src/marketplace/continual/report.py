@@ -193,7 +193,8 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
         rate += f" to {config['lr_end']} from step {config.get('lr_hold', 0)}"
     details = (f"market {'x'.join(map(str, config.get('vendors', [])))}, {rate}, "
                f"probe scale {config.get('probe_scale')}, unit {config.get('unit')}, "
-               f"{config.get('attribution', 'zscore')}{', baseline' if config.get('baseline') else ''}, "
+               f"{config.get('attribution', 'zscore')}{', baseline' if config.get('baseline') else ''}"
+               f"{', mirrored' if config.get('mirrored') else ''}, "
                f"{config.get('old_per_step')}+{config.get('new_per_step')} per step"
                f"{', few-shot' if config.get('few_shot') else ''}"
                f"{', only biases, norms and head learn' if config.get('learn', 'all') == 'partial' else ''}")

@@ -39,6 +39,20 @@ def vendor_weights(market: Market, k: int, vendors: Vendors) -> Weights:
     return market.vendor_parameters(k, vendors)
 
 
+def mirrored_weights(market: Market, k: int, vendors: Vendors) -> Weights:
+    """`vendor_weights` with every delta negated: vendor j's mirror, base - delta_j."""
+    if market.rank and market.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
+        parts = vendors.lowrank_parts(k, market.lowrank_plans[k], market.device)
+        return LowRankParts({n: -d for n, d in parts.dense.items()},
+                            {n: (-a, b) for n, (a, b) in parts.factors.items()},
+                            {n: (g, -s) for n, (g, s) in parts.scaled.items()})
+    layout = market.layouts[k]
+    if not layout.numel:
+        return {}
+    base = market.flat_parameters(k)
+    return layout.split(base - vendors.deltas(k, layout.numel, base.device))
+
+
 def select_vendors(weights: Weights, index: torch.Tensor) -> Weights:
     """Only the vendors `index` (the ones a batch drew), in that order."""
     if isinstance(weights, LowRankParts):
