@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -54,10 +55,12 @@ def peak_tensor_bytes(fn: Callable[[], object], device: torch.device | str | Non
 
     CUDA: `max_memory_allocated` after a reset, minus `memory_allocated`
     before. CPU: the running sum of the profiler's allocation (+) and free
-    (-) events in time order, its maximum; deterministic, and it counts
-    what the CUDA figure counts, except that the profiler reports frees only
-    of memory allocated while it runs: a tensor live before fn and freed by
-    it is not credited, so there the CPU figure can exceed the CUDA one.
+    (-) events in time order, its maximum. The profiler reports the free of
+    a tensor live before fn only at times (when an earlier profile saw its
+    address), so such frees are never credited: a free counts only against
+    an allocation of the same size made while fn runs. That keeps the figure
+    deterministic; where fn frees a tensor it did not make, it can exceed
+    the CUDA one.
     The events cost host memory, about 2 KB per allocation fn makes.
     Warnings fn raises are held while stderr is silenced and raised again
     after it, so callers see them as usual.
@@ -84,6 +87,24 @@ def peak_tensor_bytes(fn: Callable[[], object], device: torch.device | str | Non
     events = [e for e in prof.kineto_results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
     if not events:
         return 0
-    start = torch.tensor([e.start_ns() for e in events])
-    nbytes = torch.tensor([e.nbytes() for e in events])
-    return max(0, int(nbytes[start.argsort(stable=True)].cumsum(0).max()))
+    return running_peak([e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())])
+
+
+def running_peak(nbytes: list[int]) -> int:
+    """The most bytes held, from allocation (+) and free (-) sizes in time order.
+
+    A free is credited only against an outstanding allocation of the same
+    size from the same list: frees of memory allocated before are ignored.
+    """
+    outstanding: Counter[int] = Counter()
+    held = peak = 0
+    for n in nbytes:
+        if n >= 0:
+            outstanding[n] += 1
+        elif outstanding[-n]:
+            outstanding[-n] -= 1
+        else:
+            continue
+        held += n
+        peak = max(peak, held)
+    return peak
