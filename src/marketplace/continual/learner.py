@@ -23,8 +23,8 @@ With `mirrored=True` each request also runs along the mirror of its path
 (every delta of the path negated) and a record's loss is half the
 difference, a central difference: besides the example's difficulty, the
 curvature along the perturbation (the same for +delta and -delta, and
-nearly all of what a single old, well-learned example's loss difference
-holds) cancels, leaving the part that says which way is downhill. The
+most of what a single old, well-learned example's loss difference holds)
+cancels, leaving the part that says which way is downhill. The
 answer is the mean of the two outputs, the base weights' to second order.
 It costs one more forward along the mirrored paths, like the baseline.
 
@@ -130,8 +130,7 @@ class ContinualLearner:
         self.pending: dict[Hashable, Pending] = {}
         self._ids = itertools.count()
         self.stats = {"served": 0, "recorded": 0, "stale": 0, "outliers": 0, "updates": 0}
-        self._stacked: tuple | None = None  # (vendors, their stacked weights per spec), reused by `infer`
-        self._mirror: tuple | None = None  # (vendors, their mirrored weights per spec)
+        self._made: tuple = (None, {})  # (vendors, {mirrored: their weights per spec}): `_weights`
 
     @property
     def step(self) -> int:
@@ -196,16 +195,28 @@ class ContinualLearner:
         than in `pending`: it later turns a label into a loss with `loss_fn`
         and hands (losses, paths, step) to `record`. Counts `stats["served"]`;
         the ids in the answer are empty. The vendors' stacked weights are
-        made once per set of vendors (once per step) and reused by every
-        batch until the next update: the base weights change only there.
+        made once per set of vendors (`_weights`) and reused by every batch
+        until the next update.
         """
-        vendors = self.vendors
-        if self._stacked is None or self._stacked[0] is not vendors:  # new vendors: an update or a restore
-            self._stacked = (vendors, [vendor_weights(self.market, k, vendors) for k in range(self.market.depth)])
-        out = serve(self.market, vendors, x, generator=self.generator, balanced=self.balanced,
-                    stacked=self._stacked[1])
+        out = serve(self.market, self.vendors, x, generator=self.generator, balanced=self.balanced,
+                    stacked=self._weights())
         self.stats["served"] += x.shape[0]
         return self._answer(out, x)
+
+    def _weights(self, mirrored: bool = False) -> list:
+        """The vendors' weights per spec as `serve` runs them (every delta negated when mirrored).
+
+        Made once per set of vendors and kept until the next update or
+        restore, which bring new vendors: the base weights change only there.
+        """
+        vendors, made = self._made
+        if vendors is not self.vendors:
+            vendors, made = self.vendors, {}
+            self._made = (vendors, made)
+        if mirrored not in made:
+            make = mirrored_weights if mirrored else vendor_weights
+            made[mirrored] = [make(self.market, k, vendors) for k in range(self.market.depth)]
+        return made[mirrored]
 
     def _answer(self, out, x: torch.Tensor) -> Response:
         """The served paths' output -> the answer, with the reference a record's loss is measured against."""
@@ -214,10 +225,7 @@ class ContinualLearner:
                 base = self.market(x)
             return Response(base, out.paths, [], self.step, path_logits=out.logits, reference=base)
         if self.mirrored:
-            vendors = self.vendors
-            if self._mirror is None or self._mirror[0] is not vendors:
-                self._mirror = (vendors, [mirrored_weights(self.market, k, vendors) for k in range(self.market.depth)])
-            mirror = serve(self.market, vendors, x, paths=out.paths, stacked=self._mirror[1]).logits
+            mirror = serve(self.market, self.vendors, x, paths=out.paths, stacked=self._weights(mirrored=True)).logits
             return Response((out.logits + mirror) / 2, out.paths, [], self.step, path_logits=out.logits,
                             reference=mirror)
         return Response(out.logits, out.paths, [], self.step)

@@ -32,16 +32,21 @@ from ..vendors import Vendors
 Weights = dict[str, torch.Tensor] | LowRankParts  # one spec's vendors, as `serve` runs them
 
 
+def _lowrank(market: Market, k: int, vendors: Vendors) -> bool:
+    """Whether spec k's vendors run as low-rank parts (a low-rank market's vendors), not stacked weights."""
+    return bool(market.rank and market.layouts[k].numel and hasattr(vendors, "lowrank_parts"))
+
+
 def vendor_weights(market: Market, k: int, vendors: Vendors) -> Weights:
     """Spec k's vendors as `serve` runs them: stacked weights, or low-rank parts in a low-rank market."""
-    if market.rank and market.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
+    if _lowrank(market, k, vendors):
         return vendors.lowrank_parts(k, market.lowrank_plans[k], market.device)
     return market.vendor_parameters(k, vendors)
 
 
 def mirrored_weights(market: Market, k: int, vendors: Vendors) -> Weights:
     """`vendor_weights` with every delta negated: vendor j's mirror, base - delta_j."""
-    if market.rank and market.layouts[k].numel and hasattr(vendors, "lowrank_parts"):
+    if _lowrank(market, k, vendors):
         parts = vendors.lowrank_parts(k, market.lowrank_plans[k], market.device)
         return LowRankParts({n: -d for n, d in parts.dense.items()},
                             {n: (-a, b) for n, (a, b) in parts.factors.items()},
