@@ -66,6 +66,11 @@ VARIANTS: dict[str, dict] = {
     "mirrored, lr 1e-1, rank attribution, balanced paths, vendors 4x4x256": {
         "mirrored": True, "lr": 1e-1, "probe_scale": 0.1, "attribution": "rank", "balanced": True,
         "vendors": (4, 4, 256)},
+    # four updates a step, each from 64 records, at a smaller rate: more, shorter steps for the same images
+    "baseline, lr 5e-2, rank attribution, balanced paths, K = 64": {
+        "baseline": True, "lr": 5e-2, "probe_scale": 0.2, "attribution": "rank", "balanced": True, "records": 64},
+    "baseline, lr 2.5e-2, rank attribution, balanced paths, K = 64": {
+        "baseline": True, "lr": 2.5e-2, "probe_scale": 0.4, "attribution": "rank", "balanced": True, "records": 64},
     "baseline, balanced paths": {"baseline": True, "balanced": True},
     "vendors 4x4x16": {"vendors": (4, 4, 16)},  # more vendors where the head is cheap
     "unit per spec": {"unit": "spec"},

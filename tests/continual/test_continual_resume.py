@@ -183,3 +183,17 @@ def test_a_mirrored_run_resumes_exactly_and_only_mirrored(base, small_data, tmp_
     assert rest["val_new_end"] == whole["val_new_end"] and a.meta["config"]["mirrored"] is True
     with pytest.raises(Exception, match="mirrored=True \\(now False\\)"):
         ContinualRun(config(base, small_data, tmp_path / "b", resume=True, steps=8))
+
+
+def test_fewer_records_than_images_serve_in_batches_and_resume_exactly(base, small_data, tmp_path):
+    # 16 images a step, K = 6: batches of 6, 6, 4 | 2, 6, 6, 2 | ...; a buffer of 4 waits across the checkpoint
+    whole = run_experiment(config(base, small_data, tmp_path / "a", records=6))
+    assert whole["learner_updates"] == 6 * 16 // 6 and whole["learner_stale"] == 0
+    assert whole["learner_recorded"] == 6 * 16
+    run_experiment(config(base, small_data, tmp_path / "b", records=6, steps=4))
+    b_state = load_checkpoint(tmp_path / "b" / "run.safetensors").optimizer
+    assert b_state["buffer_losses"].numel() == 4 * 16 % 6
+    rest = ContinualRun(config(base, small_data, tmp_path / "b", records=6, resume=True)).run()
+    a, b = (load_checkpoint(tmp_path / d / "run.safetensors") for d in "ab")
+    assert all(torch.equal(a.model[key], b.model[key]) for key in a.model)
+    assert rest["learner_updates"] == whole["learner_updates"]

@@ -138,13 +138,24 @@ class ContinualRun:
         return torch.cat([old_x, d.new_x[inew]]), torch.cat([d.old_y[io], d.new_y[inew]])
 
     def learn(self, step: int) -> dict[str, float]:
-        """Serve and learn from one step's images; the counts of correct answers and summed losses."""
+        """Serve and learn from one step's images; the counts of correct answers and summed losses.
+
+        With K (`records`) below the step's images, they are served in
+        batches that each complete the learner's K, with an update after
+        each: every image is served with the seeds its record is
+        reconciled with, and none is discarded as stale.
+        """
         x, y = self.batch(step)
         self.learner.optimizer.lr = [scheduled_rate(self.config, step)] * self.market.depth
-        response = self.learner.serve(x, labels=y)
+        logits, start = [], 0
+        while start < len(x):
+            end = start + self.learner.records - self.learner.buffered
+            logits.append(self.learner.serve(x[start:end], labels=y[start:end]).logits)
+            start = end
+        logits = torch.cat(logits)
         with torch.no_grad():
-            losses = per_example_cross_entropy(response.logits, y)
-            correct = (response.logits.argmax(1) == y).float()
+            losses = per_example_cross_entropy(logits, y)
+            correct = (logits.argmax(1) == y).float()
         n_old = self.config.old_per_step
         return {"old_correct": float(correct[:n_old].sum()), "old_loss": float(losses[:n_old].sum()),
                 "new_correct": float(correct[n_old:].sum()), "new_loss": float(losses[n_old:].sum())}
