@@ -37,7 +37,9 @@ screens on the inverted task, results/finetune/screen/) with dense vendors and w
 transformer: dense and rank 1), and `v2-partial`: dense vendors over the
 biases, the norms and the head only, every other weight frozen
 (requires_grad=False), at --partial-lr (0.1 from 30-second screens on both
-ResNet tasks). Low rank factors only Linear, Conv2d
+ResNet tasks). `--lr-decay F` makes every method's rate (Adam's too) fall
+geometrically with the training seconds spent, to F times its start at
+the end of --seconds. Low rank factors only Linear, Conv2d
 (groups=1) and Embedding weights; attention's projections live inside
 `nn.MultiheadAttention`, which reads them itself, so they stay dense (the
 JSON lists, per spec, the share of parameters that is factored). Under the
@@ -118,6 +120,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partial-lr", type=float, default=0.1, help="V2's rate when only biases, norms and the head "
                                                                   "are perturbed (v2-partial)")
     p.add_argument("--probe-scale", type=float, default=0.1)
+    p.add_argument("--lr-decay", type=float, default=1.0,
+                   help="every method's rate falls geometrically over --seconds of training to this fraction of "
+                        "its start (1: constant)")
     p.add_argument("--evals", type=int, default=None, help=f"evaluations per method (default {FULL['evals']})")
     p.add_argument("--test-images", type=int, default=None, help=f"first N test images of the task's classes "
                                                                   f"(default {FULL['test_images']})")
@@ -147,6 +152,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--vendors needs 4 positive counts (both models have 4 specs), got {args.vendors!r}")
     if args.seconds <= 0 or args.evals < 1 or args.pretrain_steps < 0:
         p.error("--seconds must be > 0, --evals >= 1 and --pretrain-steps >= 0")
+    if not 0 < args.lr_decay <= 1:
+        p.error(f"--lr-decay must be in (0, 1], got {args.lr_decay}")
     given = sys.argv[1:] if argv is None else argv
     args.command = shlex.join(["uv", "run", "python", "experiments/finetune.py", *given])
     return args

@@ -44,6 +44,8 @@ def v2_rate(method: str, args) -> float:
 def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
     common = {"task": task, "method": method, "seconds": args.seconds, "evals": args.evals,
               "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
+    if args.lr_decay != 1.0:  # absent when constant, so runs saved before the setting still match
+        common["lr_decay"] = args.lr_decay
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
     return {**common, "optimizer": "v2", "lr": v2_rate(method, args), "probe_scale": args.probe_scale,
@@ -51,14 +53,24 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
             **({"trainable": "biases, norms and the head"} if method == PARTIAL else {})}
 
 
+def decayed(fraction: float, decay: float) -> float:
+    """The rate's multiplier after `fraction` of the time budget: geometric from 1 to `decay` at the end."""
+    return decay ** min(max(fraction, 0.0), 1.0)
+
+
 def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, nn.Module, dict]:
-    """(step(x, y), the model to evaluate, what to record about it) for a fresh copy of the base."""
+    """(step(x, y, scale), the model to evaluate, what to record about it) for a fresh copy of the base.
+
+    scale multiplies the method's starting rate (the time-based decay of --lr-decay).
+    """
     rank = rank_of(method)
     if rank is None:
         model = nn.Sequential(*specs).train()
         opt = torch.optim.Adam(model.parameters(), lr=args.adam_lr)
 
-        def step(x, y):
+        def step(x, y, scale=1.0):
+            for group in opt.param_groups:
+                group["lr"] = args.adam_lr * scale
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
@@ -67,9 +79,11 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     if method == PARTIAL:
         freeze_all_but_biases_norms_and_head(specs)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
-    opt = V2(market, lr=v2_rate(method, args), probe_scale=args.probe_scale, seed=args.seed)
+    rate = v2_rate(method, args)
+    opt = V2(market, lr=rate, probe_scale=args.probe_scale, seed=args.seed)
 
-    def step(x, y):
+    def step(x, y, scale=1.0):
+        opt.lr = [rate * scale] * market.depth  # the probes' width follows: lr x probe_scale
         out = market.evaluate(x, opt.vendors)
         opt.step(path_losses(out.products, y), out.paths)
 
@@ -128,7 +142,7 @@ def finetune(task: str, method: str, kind: str, base_path: Path, d: dict, before
     while steps == 0 or seconds < args.seconds:
         idx = batch_indices(args.seed, steps, len(x), batch)
         start = time.perf_counter()
-        step(x[idx], y[idx])
+        step(x[idx], y[idx], decayed(seconds / args.seconds, args.lr_decay))
         seconds += time.perf_counter() - start
         steps += 1
         if seconds >= next_eval or seconds >= args.seconds:

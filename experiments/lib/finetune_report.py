@@ -40,7 +40,10 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         "images of each task's classes; seconds count training steps only. Backprop: Adam lr "
         f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market, batch "
         f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial: {args.partial_lr:g}, only biases, norms and the head "
-        f"perturbed), probe scale {args.probe_scale:g}. Gain: after - before; "
+        f"perturbed), probe scale {args.probe_scale:g}."
+        + (f" Every rate falls geometrically over the {args.seconds:g} s to {args.lr_decay:g} of its start."
+           if args.lr_decay != 1 else "")
+        + " Gain: after - before; "
         "fraction: of backprop's gain on the same task. Peak MB: weights + the most tensor memory the first "
         "training step holds above them (the profiler's allocation events).",
         "",

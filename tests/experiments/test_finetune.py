@@ -58,3 +58,19 @@ def test_the_score_is_the_share_of_backprops_gain_on_the_same_task():
     score(rows)
     assert rows[1]["gain"] == 5.0 and rows[1]["fraction_of_backprop_gain"] == 0.25
     assert rows[3]["fraction_of_backprop_gain"] is None  # backprop gained nothing: no share to take
+
+
+def test_the_rate_decays_geometrically_with_the_seconds_spent_and_a_decayed_run_is_not_read_back_as_constant(
+        small_data, tmp_path):
+    from experiments.lib.finetune_methods import decayed
+
+    assert decayed(0.0, 0.1) == 1.0 and decayed(1.0, 0.1) == pytest.approx(0.1)
+    assert decayed(0.5, 0.01) == pytest.approx(0.1) and decayed(1.7, 0.1) == pytest.approx(0.1)
+    args = ["--tiny", "--tasks", "inverted", "--methods", "v2-partial", "--data-dir", str(small_data),
+            "--out", str(tmp_path)]
+    main(args)
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--lr-decay", "0.1"])
+    assert "lr_decay=None, not 0.1" in str(e.value.code)
+    with pytest.raises(SystemExit):
+        main([*args, "--lr-decay", "0"])
