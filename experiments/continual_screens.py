@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
+    return re.sub(r"-+", "-", "".join(c if c.isalnum() else "-" for c in name)).strip("-")
 
 
 def settings(name: str, steps: int) -> dict:

@@ -197,3 +197,10 @@ def test_fewer_records_than_images_serve_in_batches_and_resume_exactly(base, sma
     a, b = (load_checkpoint(tmp_path / d / "run.safetensors") for d in "ab")
     assert all(torch.equal(a.model[key], b.model[key]) for key in a.model)
     assert rest["learner_updates"] == whole["learner_updates"]
+
+
+def test_records_below_two_are_refused_before_any_data_is_read():
+    for bad in (0, 1, -3):  # 0 is not "the default": None is
+        with pytest.raises(Exception, match=f"records must be >= 2, got {bad}"):
+            ContinualConfig(records=bad).validate()
+    ContinualConfig(records=2).validate()

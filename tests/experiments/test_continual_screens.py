@@ -36,3 +36,7 @@ def test_screens_write_an_ablation_table_and_skip_finished_variants(monkeypatch,
     stamp = summary.stat().st_mtime_ns
     assert screens.main(args) == rows and summary.stat().st_mtime_ns == stamp
 
+
+
+def test_a_variants_file_name_has_single_dashes():
+    assert load_script().slug("baseline, lr 2.5e-2, balanced paths, K = 64") == "baseline-lr-2-5e-2-balanced-paths-K-64"

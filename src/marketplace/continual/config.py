@@ -78,6 +78,8 @@ class ContinualConfig:
             raise checks.fail(f"lr_hold must be >= 0, got {self.lr_hold!r}", "lr_hold")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
             checks.at_least(name, getattr(self, name), 1)
+        if self.records is not None:  # an update standardizes its losses: it needs two
+            checks.at_least("records", self.records, 2)
         if self.resume and not self.save:
             raise checks.fail("resume needs save, the run's checkpoint to continue from", "resume", "save")
 

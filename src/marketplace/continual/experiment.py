@@ -82,7 +82,7 @@ class ContinualRun:
             self.market = Market(list(self.market.specs), list(config.vendors)).to(self.device)
         optimizer = V2(self.market, lr=config.lr, probe_scale=config.probe_scale, per_spec=config.unit == "spec",
                        decay=0.0, seed=config.seed, attribution=config.attribution)
-        records = config.records or config.old_per_step + config.new_per_step
+        records = config.old_per_step + config.new_per_step if config.records is None else config.records
         self.learner = ContinualLearner(optimizer, records=records, outliers=config.outliers,
                                         path_seed=config.seed, balanced=config.balanced,
                                         baseline=config.baseline, mirrored=config.mirrored)
