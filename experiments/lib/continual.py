@@ -55,6 +55,8 @@ def parser(experiment: str, description: str) -> argparse.ArgumentParser:
                    help="how a step's losses are scored: zscore (V2, as published) or rank (centred ranks)")
     p.add_argument("--learn", default=d.learn, choices=LEARN,
                    help="which weights learn: all, or only the biases, the norms and the head")
+    p.add_argument("--average", type=int, default=None,
+                   help="validate the weights averaged over about N steps (the served ones are logged too)")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-samples", type=int, default=d.eval_samples)
     p.add_argument("--log-every", type=int, default=d.log_every)
@@ -90,7 +92,7 @@ def run_script(experiment: str, description: str, argv: list[str] | None = None)
         lr_end=args.lr_end, lr_hold=args.lr_hold,
         probe_scale=args.probe_scale, unit=args.unit, records=args.records, outliers=args.outliers,
         augment=args.augment, balanced=args.balanced, baseline=args.baseline, mirrored=args.mirrored,
-        attribution=args.attribution, learn=args.learn, eval_every=args.eval_every,
+        attribution=args.attribution, learn=args.learn, average=args.average, eval_every=args.eval_every,
         eval_samples=args.eval_samples, log_every=args.log_every, seed=args.seed, device=args.device,
         data_dir=args.data_dir, log=str(log), save=str(save), checkpoint_every=args.checkpoint_every,
         resume=args.resume)

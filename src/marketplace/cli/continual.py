@@ -117,6 +117,8 @@ def _command(experiment: str, default_checkpoint: str, doc: str):
                                               "zscore (V2, as published)"),
         learn: str = option(D, "learn", "which weights learn: all, or partial (the biases, the norms and the head; "
                                         "the kernels frozen)"),
+        average: Optional[int] = option(D, "average", "validate the weights averaged over about N steps (an "
+                                                      "exponential moving average; the served weights are logged too)"),
         eval_every: int = opt.eval_every(D, "steps between validations (base weights, a fixed subsample)"),
         eval_samples: int = opt.eval_samples(D, "old-class validation images each time (the summary uses all)"),
         log_every: int = option(D, "log_every", "steps per logged learning-accuracy window"),

@@ -11,9 +11,9 @@ from ..functional import ATTRIBUTIONS
 # Settings that shape what is learned: a run resumes only with the same values.
 LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "vendors", "lr", "lr_end", "lr_hold",
                    "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "mirrored",
-                   "attribution", "learn", "seed")
+                   "attribution", "learn", "average", "seed")
 # What a run saved before a setting existed learned with.
-SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all", "mirrored": False}
+SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all", "mirrored": False, "average": None}
 LEARN = ("all", "partial")  # which weights learn: all, or the biases, the norms and the head only
 
 
@@ -48,6 +48,7 @@ class ContinualConfig:
     mirrored: bool = False  # records are half path loss minus mirrored path loss (`ContinualLearner(mirrored=True)`)
     attribution: str = "rank"  # centred ranks (bounded influence per record); "zscore": V2 as published
     learn: str = "all"  # "partial": only the biases, the norms and the head (the kernels frozen)
+    average: int | None = None  # validate an average of the weights over about this many steps (see ContinualRun)
     eval_every: int = 500
     eval_samples: int = 2000  # old-class validation images at each validation (the summary uses all of them)
     log_every: int = 50  # learning accuracy is logged as the mean over this many steps
@@ -78,6 +79,8 @@ class ContinualConfig:
             raise checks.fail(f"lr_hold must be >= 0, got {self.lr_hold!r}", "lr_hold")
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
             checks.at_least(name, getattr(self, name), 1)
+        if self.average is not None:
+            checks.at_least("average", self.average, 2)
         if self.records is not None:  # an update standardizes its losses: it needs two
             checks.at_least("records", self.records, 2)
         if self.resume and not self.save:

@@ -8,6 +8,15 @@ stream; `few_shot` reproduces the published runs, whose indices were bounded
 by the subset size and so drew from the first 240 old and first 16 new
 images only.
 
+With `average` = N the run also keeps an exponential moving average of
+the weights over about N steps (torch.optim.swa_utils.AveragedModel, decay
+1 - 1/N) and validates that: the model the run delivers. Requests are still
+served along paths around the current weights, which keep learning; the
+average cancels most of the random part of their steps (each has the
+length of the rate, mostly in directions the records are not about) while
+it keeps their steady drift towards the new class, a few N steps late. The
+current weights' figures are logged beside it as `served_*`.
+
 A run checkpoints its market, learner and sampling state every
 `checkpoint_every` steps; resumed, it continues exactly where the checkpoint
 was taken (the stream's images are a pure function of seed and step).
@@ -21,6 +30,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import CheckpointError, MarketplaceError
 from ..machine import machine_name, resolve_device
@@ -57,6 +68,9 @@ def validate(market: Market, data: ContinualData, old_samples: int | None = None
             "val_new_accuracy": new_acc, "val_new_loss": new_loss}
 
 
+AVERAGE = "average/"  # the averaged weights' keys in a run's checkpoint
+
+
 def _flat(state: dict[str, Any]) -> dict[str, Any]:
     """Learner state keys without dots (a checkpoint's keys split at the first dot)."""
     return {k.replace(".", "/"): v for k, v in state.items()}
@@ -86,6 +100,10 @@ class ContinualRun:
         self.learner = ContinualLearner(optimizer, records=records, outliers=config.outliers,
                                         path_seed=config.seed, balanced=config.balanced,
                                         baseline=config.baseline, mirrored=config.mirrored)
+        self.averaged = None if config.average is None else AveragedModel(
+            self.market, multi_avg_fn=get_ema_multi_avg_fn(1.0 - 1.0 / config.average), use_buffers=True)
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.market)  # a first update copies: the average starts at the base
         self.augmenter = torch.Generator().manual_seed(int(derive_seeds(config.seed, STREAM_AUGMENT)[0]) & (2**63 - 1))
         self.step, self.seconds, self.eval_seconds, self.start_val = 0, 0.0, 0.0, None
         if config.resume:
@@ -100,6 +118,8 @@ class ContinualRun:
                 "continual_run": True}
         state = _flat(self.learner.state_dict())
         state["augmenter"] = self.augmenter.get_state()
+        if self.averaged is not None:
+            state.update({f"{AVERAGE}{k}": v for k, v in _flat(self.averaged.state_dict()).items()})
         save_checkpoint(self.config.save, self.market.state_dict(), state, meta)
 
     def _restore(self) -> None:
@@ -118,6 +138,9 @@ class ContinualRun:
         self.market.load_state_dict({k: v.to(self.device) for k, v in ckpt.model.items()})
         state = dict(ckpt.optimizer)
         self.augmenter.set_state(state.pop("augmenter"))
+        averaged = {k[len(AVERAGE):]: state.pop(k) for k in list(state) if k.startswith(AVERAGE)}
+        if self.averaged is not None:
+            self.averaged.load_state_dict({k: v.to(self.device) for k, v in _unflat(averaged).items()})
         self.learner.load_state_dict(_unflat(state))
         self.step, self.seconds = int(ckpt.meta["step"]), float(ckpt.meta["seconds"])
         self.eval_seconds, self.start_val, self.meta = (float(ckpt.meta["eval_seconds"]), ckpt.meta["start_val"],
@@ -161,8 +184,13 @@ class ContinualRun:
                 "new_correct": float(correct[n_old:].sum()), "new_loss": float(losses[n_old:].sum())}
 
     def _validate(self, samples: int | None) -> dict[str, float]:
+        """The delivered model's figures (the average, when kept), and the served weights' as served_*."""
         start = time.perf_counter()
-        out = validate(self.market, self.data, samples)
+        if self.averaged is None:
+            out = validate(self.market, self.data, samples)
+        else:
+            out = {**validate(self.averaged.module, self.data, samples),
+                   **{f"served_{k}": v for k, v in validate(self.market, self.data, samples).items()}}
         self.eval_seconds += time.perf_counter() - start
         return out
 
@@ -180,6 +208,8 @@ class ContinualRun:
         while self.step < cfg.steps:
             for key, value in self.learn(self.step).items():
                 window[key] += value
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.market)
             window["steps"] += 1
             self.step += 1
             self.seconds = time.perf_counter() - clock
@@ -229,6 +259,9 @@ class ContinualRun:
             "val_old_start": start_val["val_old_accuracy"], "val_old_end": end_val["val_old_accuracy"],
             "val_new_start": start_val["val_new_accuracy"], "val_new_end": end_val["val_new_accuracy"],
             "old_drop_points": drop,
+            "averaged_over_steps": cfg.average,
+            **({"served_val_old_end": end_val["served_val_old_accuracy"],
+                "served_val_new_end": end_val["served_val_new_accuracy"]} if self.averaged is not None else {}),
             "pretrain_test_accuracy": self.meta.get("test_accuracy"),
             "target": exp.TARGET,
             "target_met": end_val["val_new_accuracy"] >= exp.TARGET_NEW and drop <= 0.5,
