@@ -5,7 +5,8 @@ import torch
 
 from marketplace.continual.config import ContinualConfig
 from marketplace.continual.experiment import AVERAGE, ContinualRun, run_experiment
-from marketplace.training import load_checkpoint
+from marketplace.continual.report import plot_log, read_log
+from marketplace.training import JsonLog, load_checkpoint
 
 from helpers import no9_base
 
@@ -45,8 +46,8 @@ def averaged(checkpoint) -> dict[str, torch.Tensor]:
 
 
 def test_the_average_is_an_exponential_one_and_leaves_learning_alone(base, small_data, tmp_path):
-    weights = Weights()
-    summary = run_experiment(config(base, small_data, tmp_path / "a"), [weights])
+    weights, log = Weights(), tmp_path / "a.jsonl"
+    summary = run_experiment(config(base, small_data, tmp_path / "a"), [weights, JsonLog(log)])
     plain = run_experiment(config(base, small_data, tmp_path / "b", average=None))
     a, b = (load_checkpoint(tmp_path / d / "run.safetensors") for d in "ab")
     assert all(torch.equal(a.model[k], b.model[k]) for k in b.model)  # the served weights learn as without it
@@ -66,6 +67,10 @@ def test_the_average_is_an_exponential_one_and_leaves_learning_alone(base, small
     assert summary["served_val_new_end"] == plain["val_new_end"]
     assert summary["served_val_old_end"] == plain["val_old_end"]
     assert summary["averaged_over_steps"] == 4 and plain["averaged_over_steps"] is None
+    steps, _, _ = read_log(log)  # every validation logs both: the average's and the served weights'
+    validated = [r for r in steps if "val_new_accuracy" in r]
+    assert [r["step"] for r in validated] == [0, 3, 6] and all("served_val_new_accuracy" in r for r in validated)
+    assert plot_log(log, tmp_path / "a.png").stat().st_size > 0
 
 
 def test_an_averaged_run_resumes_exactly_and_only_with_the_same_average(base, small_data, tmp_path):

@@ -166,9 +166,15 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
             ax.plot(xs, ys, color="tab:blue", alpha=0.2, linewidth=0.8)
             ax.plot(xs, _ema(list(ys), smoothing), color="tab:blue",
                     label=f"learning (served requests, EMA {smoothing:g})")
+        served = [(r["step"], r["served_" + val_key]) for r in steps if "served_" + val_key in r]
         if val:
             xs, ys = zip(*val)
-            ax.plot(xs, ys, color="tab:red", marker="o", markersize=3, label="validation (base weights)")
+            what = "averaged weights" if served else "base weights"
+            ax.plot(xs, ys, color="tab:red", marker="o", markersize=3, label=f"validation ({what})")
+        if served:  # a run with --average: the weights requests are served around
+            xs, ys = zip(*served)
+            ax.plot(xs, ys, color="tab:orange", marker=".", markersize=3, linewidth=0.8,
+                    label="validation (served weights)")
         published = reference.get(learn_key, []) + reference.get(val_key, [])
         for key, color in ((learn_key, "tab:blue"), (val_key, "tab:red")):
             points = reference.get(key, [])
@@ -176,7 +182,7 @@ def plot_log(log: str | Path, out: str | Path, title: str | None = None, smoothi
                 xs, ys = zip(*points)
                 ax.scatter(xs, ys, marker="*", s=120, color=color, edgecolor="black", zorder=5,
                            label=f"article, {'learning' if key == learn_key else 'validation'}")
-        ys_all = [v for _, v in learn + val + published]
+        ys_all = [v for _, v in learn + val + served + published]
         if kind == "accuracy" and ys_all:  # at least 5 points tall, so a flat 0% curve is not blown up
             low, high = max(0.0, min(ys_all) - 2), min(100.0, max(ys_all) + 2)
             if high - low < 5:
