@@ -1,4 +1,4 @@
-"""A run that validates an average of its weights: the average is the one asked for, learning is unchanged, resume is exact."""
+"""A run that validates an average of its weights: the average asked for, learning unchanged, an exact resume."""
 
 import pytest
 import torch

@@ -13,7 +13,8 @@ LEARNING_FIELDS = ("experiment", "old_per_step", "new_per_step", "few_shot", "ve
                    "probe_scale", "unit", "records", "outliers", "augment", "balanced", "baseline", "mirrored",
                    "attribution", "learn", "average", "seed")
 # What a run saved before a setting existed learned with.
-SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all", "mirrored": False, "average": None}
+SAVED_BEFORE = {"attribution": "zscore", "lr_end": None, "lr_hold": 0, "learn": "all", "mirrored": False,
+                "average": None}
 LEARN = ("all", "partial")  # which weights learn: all, or the biases, the norms and the head only
 
 
@@ -21,7 +22,8 @@ LEARN = ("all", "partial")  # which weights learn: all, or the biases, the norms
 class ContinualConfig:
     """One run: the experiment, the serving market and learner, validation, and where state goes.
 
-    Validation uses the base weights on a fixed subsample: the first
+    Validation uses the base weights (their average over about `average`
+    steps when given) on a fixed subsample: the first
     `eval_samples` old-class validation images and every new-class one,
     every `eval_every` steps (the whole sets at the start and the end).
     `save` is the run's checkpoint, written every `checkpoint_every` steps

@@ -10,11 +10,11 @@ images only.
 
 With `average` = N the run also keeps an exponential moving average of
 the weights over about N steps (torch.optim.swa_utils.AveragedModel, decay
-1 - 1/N) and validates that: the model the run delivers. Requests are still
+1 - 1/N) and validates that instead of the current weights. Requests are still
 served along paths around the current weights, which keep learning; the
-average cancels most of the random part of their steps (each has the
+average cancels much of the random part of their steps (each has the
 length of the rate, mostly in directions the records are not about) while
-it keeps their steady drift towards the new class, a few N steps late. The
+it keeps their steady drift towards the new class, about N steps late. The
 current weights' figures are logged beside it as `served_*`.
 
 A run checkpoints its market, learner and sampling state every
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import CheckpointError, MarketplaceError
@@ -184,7 +183,7 @@ class ContinualRun:
                 "new_correct": float(correct[n_old:].sum()), "new_loss": float(losses[n_old:].sum())}
 
     def _validate(self, samples: int | None) -> dict[str, float]:
-        """The delivered model's figures (the average, when kept), and the served weights' as served_*."""
+        """The validated weights' figures (the average, when kept), and then the served weights' as served_*."""
         start = time.perf_counter()
         if self.averaged is None:
             out = validate(self.market, self.data, samples)
