@@ -8,22 +8,11 @@ from marketplace.continual.experiment import AVERAGE, ContinualRun, run_experime
 from marketplace.continual.report import plot_log, read_log
 from marketplace.training import JsonLog, load_checkpoint
 
-from helpers import no9_base
-
-
-@pytest.fixture
-def base(monkeypatch, capsys, small_data, tmp_path):
-    path = tmp_path / "no9.safetensors"
-    no9_base(monkeypatch, capsys, small_data, path)
-    return path
+from test_continual_resume import base, config as resume_config  # noqa: F401 (base: the fixture)
 
 
 def config(base, data_dir, out, **kw) -> ContinualConfig:
-    settings = dict(experiment="nine", checkpoint=str(base), steps=6, old_per_step=12, new_per_step=4,
-                    vendors=(2, 2, 2), lr=0.05, eval_every=3, eval_samples=40, log_every=2, device="cpu",
-                    data_dir=str(data_dir), save=str(out / "run.safetensors"), checkpoint_every=2, average=4)
-    settings.update(kw)
-    return ContinualConfig(**settings)
+    return resume_config(base, data_dir, out, **{"average": 4, "augment": False, **kw})
 
 
 class Weights:
