@@ -64,7 +64,7 @@ def test_the_average_is_an_exponential_one_and_leaves_learning_alone(base, small
 
 def test_an_averaged_run_resumes_exactly_and_only_with_the_same_average(base, small_data, tmp_path):
     whole = run_experiment(config(base, small_data, tmp_path / "a"))
-    run_experiment(config(base, small_data, tmp_path / "b", steps=3))  # stops between two checkpoints' steps
+    run_experiment(config(base, small_data, tmp_path / "b", steps=3))  # saved at step 3, off the every-2 grid
     rest = ContinualRun(config(base, small_data, tmp_path / "b", resume=True)).run()
     a, b = (load_checkpoint(tmp_path / d / "run.safetensors") for d in "ab")
     got_a, got_b = averaged(a), averaged(b)

@@ -12,9 +12,10 @@ With `average` = N the run also keeps an exponential moving average of
 the weights over about N steps (torch.optim.swa_utils.AveragedModel, decay
 1 - 1/N) and validates that instead of the current weights. Requests are still
 served along paths around the current weights, which keep learning; the
-average cancels much of the random part of their steps (each has the
-length of the rate, mostly in directions the records are not about) while
-it keeps their steady drift towards the new class, about N steps late. The
+average is meant to cancel much of the random part of their steps (each
+has the length of the rate, mostly in directions the records are not
+about) and keep their steady drift towards the new class, about N steps
+late. The
 current weights' figures are logged beside it as `served_*`.
 
 A run checkpoints its market, learner and sampling state every
@@ -99,9 +100,10 @@ class ContinualRun:
         self.learner = ContinualLearner(optimizer, records=records, outliers=config.outliers,
                                         path_seed=config.seed, balanced=config.balanced,
                                         baseline=config.baseline, mirrored=config.mirrored)
-        self.averaged = None if config.average is None else AveragedModel(
-            self.market, multi_avg_fn=get_ema_multi_avg_fn(1.0 - 1.0 / config.average), use_buffers=True)
-        if self.averaged is not None:
+        self.averaged = None
+        if config.average is not None:
+            self.averaged = AveragedModel(self.market, multi_avg_fn=get_ema_multi_avg_fn(1.0 - 1.0 / config.average),
+                                          use_buffers=True)
             self.averaged.update_parameters(self.market)  # a first update copies: the average starts at the base
         self.augmenter = torch.Generator().manual_seed(int(derive_seeds(config.seed, STREAM_AUGMENT)[0]) & (2**63 - 1))
         self.step, self.seconds, self.eval_seconds, self.start_val = 0, 0.0, 0.0, None
