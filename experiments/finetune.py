@@ -32,14 +32,18 @@ Methods, each from a fresh copy of the base, each given the same
 --seconds of training on one thread (evaluations are not counted), the
 same batches by step (`training.batch_indices`): backprop (Adam, --adam-lr,
 batch --batch), and V2 on a --vendors market (batch --market-batch, lr
---v2-lr, probe scale --probe-scale; 2x2x2x2 and lr 0.3 from 30-second
-screens on the inverted task, results/finetune/screen/) with dense vendors and with rank-1 and rank-4 vendors (the
-transformer: dense and rank 1), and `v2-partial`: dense vendors over the
-biases, the norms and the head only, every other weight frozen
-(requires_grad=False), at --partial-lr (0.1 from 30-second screens on both
-ResNet tasks). `--lr-decay F` makes every method's rate (Adam's too) fall
-geometrically with the training seconds spent, to F times its start at
-the end of --seconds. Low rank factors only Linear, Conv2d
+--v2-lr, probe scale --probe-scale) with dense vendors and with rank-1 and
+rank-4 vendors (the transformer: dense and rank 1); `v2-partial`: dense
+vendors over the biases, the norms and the head only, every other weight
+frozen (requires_grad=False), at --partial-lr; `v2-ends`: the same and the
+model's first layer too, where a change of the input meets the model.
+The defaults come from screens (results/finetune/screen/): a 2x2x2x16
+market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
+8 times per step whatever the head's count) and sixteen of them estimate
+its direction better than two; lr 0.3 for every V2 method; and rates that
+fall over the budget (--lr-decay 0.1). `--lr-decay F` makes every method's
+rate (Adam's too) fall geometrically with the training seconds spent, to F
+times its start at the end of --seconds. Low rank factors only Linear, Conv2d
 (groups=1) and Embedding weights; attention's projections live inside
 `nn.MultiheadAttention`, which reads them itself, so they stay dense (the
 JSON lists, per spec, the share of parameters that is factored). Under the
@@ -97,7 +101,7 @@ from experiments.lib.finetune_models import (  # noqa: E402
     BASES, TASKS, Data, base_settings, check_base, differences, load_specs, make_base)
 from experiments.lib.finetune_report import write_report  # noqa: E402
 
-FULL = dict(seconds=120.0, pretrain_steps=1000, batch=64, market_batch=32, vendors="2,2,2,2", evals=10,
+FULL = dict(seconds=120.0, pretrain_steps=1000, batch=64, market_batch=32, vendors="2,2,2,16", evals=10,
             test_images=2000)
 TINY = dict(seconds=0.05, pretrain_steps=2, batch=8, market_batch=4, vendors="2,2,2,2", evals=1, test_images=50)
 
@@ -117,10 +121,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vendors", default=None, help=f"vendors per spec, 4 specs (default {FULL['vendors']})")
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--v2-lr", type=float, default=0.3)
-    p.add_argument("--partial-lr", type=float, default=0.1, help="V2's rate when only biases, norms and the head "
-                                                                  "are perturbed (v2-partial)")
+    p.add_argument("--partial-lr", type=float, default=0.3, help="V2's rate when only part of the model is "
+                                                                  "perturbed (v2-partial, v2-ends)")
     p.add_argument("--probe-scale", type=float, default=0.1)
-    p.add_argument("--lr-decay", type=float, default=1.0,
+    p.add_argument("--lr-decay", type=float, default=0.1,
                    help="every method's rate falls geometrically over --seconds of training to this fraction of "
                         "its start (1: constant)")
     p.add_argument("--evals", type=int, default=None, help=f"evaluations per method (default {FULL['evals']})")

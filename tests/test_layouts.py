@@ -103,6 +103,26 @@ def test_wide_reads_a_shared_input_without_copying_it():
     assert seen[1] == ((5, 4, 10, 10), (12, 1, 3, 3))  # grouped: the input copied per vendor
 
 
+@pytest.mark.parametrize("route", ROUTES)
+def test_a_head_that_pools_first_pools_once_for_all_its_vendors(route, monkeypatch):
+    """Pooling commutes with copying the shared input: the wide route pools it once, then one wide linear layer."""
+    torch.manual_seed(5)
+    specs = [nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU()),
+             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))]
+    market = Market(specs, vendors=[2, 6], formulation=route, precision="fp32")
+    vendors = draw_vendors(seed=5, step=0, counts=market.vendor_counts, sigma=[0.3, 0.3])
+    pooled = []
+    real = torch.nn.functional.adaptive_avg_pool2d
+    monkeypatch.setattr(torch.nn.functional, "adaptive_avg_pool2d",
+                        lambda x, size: pooled.append(tuple(x.shape)) or real(x, size))
+    x = torch.randn(3, 1, 6, 6)
+    market.evaluate(x, vendors)
+    if route == "wide":
+        assert pooled == [(2 * 3, 4, 6, 6)]  # both upstream products of 3 images, once, not once per head vendor
+    monkeypatch.undo()
+    assert_every_path_matches(market, vendors, x)
+
+
 def test_bf16_routes_stay_close_to_fp32():
     torch.manual_seed(4)
     ref = Market(beautiful_mnist(3), vendors=2, precision="fp32", formulation="vmap")

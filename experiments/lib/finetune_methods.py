@@ -28,17 +28,19 @@ from experiments.lib.finetune_models import load_specs
 
 
 PARTIAL = "v2-partial"  # dense vendors over the biases, the norms and the head only; the rest frozen
+ENDS = "v2-ends"  # the same and the first layer, where a change of the input meets the model
+TRAINABLE = {PARTIAL: "biases, norms and the head", ENDS: "biases, norms, the first layer and the head"}
 
 
 def rank_of(method: str) -> int | None:
     """None for backprop, 0 for dense vendors, r for rank-r vendors."""
     if method == "backprop":
         return None
-    return 0 if method in ("v2-dense", PARTIAL) else int(method.removeprefix("v2-rank"))
+    return 0 if method in ("v2-dense", *TRAINABLE) else int(method.removeprefix("v2-rank"))
 
 
 def v2_rate(method: str, args) -> float:
-    return args.partial_lr if method == PARTIAL else args.v2_lr
+    return args.partial_lr if method in TRAINABLE else args.v2_lr
 
 
 def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
@@ -50,7 +52,7 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
     return {**common, "optimizer": "v2", "lr": v2_rate(method, args), "probe_scale": args.probe_scale,
             "batch": args.market_batch, "vendors": args.vendor_counts, "rank": rank_of(method),
-            **({"trainable": "biases, norms and the head"} if method == PARTIAL else {})}
+            **({"trainable": TRAINABLE[method]} if method in TRAINABLE else {})}
 
 
 def decayed(fraction: float, decay: float) -> float:
@@ -76,8 +78,10 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
             opt.step()
 
         return step, model, {}
-    if method == PARTIAL:
+    if method in TRAINABLE:
         freeze_all_but_biases_norms_and_head(specs)
+    if method == ENDS:
+        first_layer(specs[0]).requires_grad_(True)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
     rate = v2_rate(method, args)
     opt = V2(market, lr=rate, probe_scale=args.probe_scale, seed=args.seed)
@@ -90,6 +94,14 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     return step, market, {"paths": market.num_paths, "lowrank": lowrank_coverage(market),
                           "perturbed_parameters": sum(lay.numel for lay in market.layouts),
                           "frozen_parameters": market.frozen_parameters}
+
+
+def first_layer(spec: nn.Module) -> nn.Module:
+    """The first convolution, linear layer or embedding the spec holds: the model's input layer."""
+    for module in spec.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.Embedding)):
+            return module
+    raise ValueError(f"{type(spec).__name__} holds no convolution, linear layer or embedding")
 
 
 def lowrank_coverage(market: Market) -> list[dict] | None:

@@ -37,13 +37,14 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "ten-classes": Task("resnet", "fashion-mnist", tuple(range(10)), False,
-                        ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial"),
+                        ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends"),
                         "ResNet-8, Fashion-MNIST: all ten classes"),
     "inverted": Task("resnet", "fashion-mnist", tuple(range(9)), True,
-                     ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial"),
+                     ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends"),
                      "ResNet-8, Fashion-MNIST 0-8 inverted"),
     "transformer-inverted": Task("transformer", "mnist", tuple(range(10)), True,
-                                 ("backprop", "v2-dense", "v2-rank1", "v2-partial"), "Transformer, MNIST inverted"),
+                                 ("backprop", "v2-dense", "v2-rank1", "v2-partial", "v2-ends"),
+                                 "Transformer, MNIST inverted"),
 }
 BASES = {"resnet": ("fashion-mnist", tuple(range(9))), "transformer": ("mnist", tuple(range(10)))}
 TRANSFORMER = dict(d_model=64, heads=4, layers=2, feedforward=128)

@@ -39,8 +39,9 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         f"Machine: {report['machine']}; torch {torch.__version__}. Accuracy on the first {args.test_images} test "
         "images of each task's classes; seconds count training steps only. Backprop: Adam lr "
         f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market, batch "
-        f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial: {args.partial_lr:g}, only biases, norms and the head "
-        f"perturbed), probe scale {args.probe_scale:g}."
+        f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial and v2-ends: {args.partial_lr:g}; v2-partial perturbs "
+        "only the biases, the norms and the head, v2-ends those and the first layer), probe scale "
+        f"{args.probe_scale:g}."
         + (f" Every rate falls geometrically over the {args.seconds:g} s to {args.lr_decay:g} of its start."
            if args.lr_decay != 1 else "")
         + " Gain: after - before; "
@@ -78,11 +79,13 @@ def plot_curves(path: Path, rows: list[dict], args) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(m for t in TASKS.values() for m in t.methods))
+    color = {m: f"C{i}" for i, m in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r["task"] == task):
             ax.plot([p["seconds"] for p in r["curve"]], [p["accuracy"] for p in r["curve"]], marker=".",
-                    label=r["method"])
+                    color=color[r["method"]], label=r["method"])
         ax.axhline(next(r["before"] for r in rows if r["task"] == task), color="grey", lw=0.8, ls="--")
         ax.set_title(TASKS[task].title, fontsize=9)
         ax.set_xlabel("training seconds (one thread)")

@@ -11,9 +11,12 @@ laid out is a speed question only, so it is an option (`Market(formulation=)`):
   convolution is one grouped convolution (M groups), an instance norm one
   norm over M * C channels, a linear layer one batched matmul. A shared input
   is first copied M times.
-- "wide": as "grouped", but a shared input is never copied: its first layer
-  (a convolution or a linear layer) is one wide layer of M * O outputs that
-  every vendor reads, and the layers after it are grouped.
+- "wide": as "grouped", but a shared input is never copied: the
+  parameter-free layers before its first weighted one (activations,
+  pooling, flattening) run once, that layer (a convolution or a linear
+  layer) is one wide layer of M * O outputs that every vendor reads, and
+  the layers after it are grouped. A head that pools before its linear
+  layer thus pools once, not once per vendor.
 
 Any module the grouped layout has no rule for sends that spec back to vmap,
 so an unknown layer is slower, never wrong. `serving.serve` uses the same
@@ -177,8 +180,8 @@ def grouped_spec(spec: nn.Module, params: dict[str, torch.Tensor], inp: torch.Te
     start, owned = 0, False
     if shared:
         h = None
-        if wide:  # elementwise layers and flattening before the first weighted one commute with the copy
-            while start < len(layers) and isinstance(layers[start][0], (*_ELEMENTWISE, nn.Flatten)):
+        if wide:  # elementwise layers, pooling and flattening before the first weighted one commute with the copy
+            while start < len(layers) and isinstance(layers[start][0], (*_ELEMENTWISE, *_POOLS, nn.Flatten)):
                 inp = layers[start][0](inp)
                 start += 1
             if start < len(layers):

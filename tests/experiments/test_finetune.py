@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from torch import nn
 
 from experiments.finetune import main
 from experiments.lib.finetune_models import TASKS
@@ -68,9 +69,28 @@ def test_the_rate_decays_geometrically_with_the_seconds_spent_and_a_decayed_run_
     assert decayed(0.5, 0.01) == pytest.approx(0.1) and decayed(1.7, 0.1) == pytest.approx(0.1)
     args = ["--tiny", "--tasks", "inverted", "--methods", "v2-partial", "--data-dir", str(small_data),
             "--out", str(tmp_path)]
-    main(args)
+    main([*args, "--lr-decay", "1"])
     with pytest.raises(SystemExit) as e:
-        main([*args, "--lr-decay", "0.1"])
+        main(args)  # the default decays
     assert "lr_decay=None, not 0.1" in str(e.value.code)
     with pytest.raises(SystemExit):
         main([*args, "--lr-decay", "0"])
+
+
+@pytest.mark.parametrize("kind", ["resnet", "transformer"])
+def test_the_ends_market_perturbs_the_partial_set_and_the_first_layer(kind):
+    from types import SimpleNamespace
+
+    from experiments.lib.finetune_methods import build_method
+    from experiments.lib.finetune_models import build_base
+
+    args = SimpleNamespace(vendor_counts=[2, 1, 1, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0)
+    counts = {}
+    for method in ("v2-partial", "v2-ends"):
+        _, make_specs = build_base(kind, 0)
+        specs = make_specs()
+        _, market, extra = build_method(method, specs, args)
+        counts[method] = extra["perturbed_parameters"]
+    first = next(m for m in specs[0].modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert all(p.requires_grad for p in first.parameters())
+    assert counts["v2-ends"] - counts["v2-partial"] == first.weight.numel()
