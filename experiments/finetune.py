@@ -39,8 +39,9 @@ frozen (requires_grad=False), at --partial-lr; `v2-ends`: the same and the
 model's first layer too, where a change of the input meets the model.
 The defaults come from screens (results/finetune/screen/): a 2x2x2x16
 market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
-8 times per step whatever the head's count) and sixteen of them estimate
-its direction better than two; lr 0.3 for every V2 method; and rates that
+8 times per step whatever the head's count) and sixteen of them add about
+three points to whole-model V2 on both ResNet tasks; lr 0.3 for every V2
+method; and rates that
 fall over the budget (--lr-decay 0.1). `--lr-decay F` makes every method's
 rate (Adam's too) fall geometrically with the training seconds spent, to F
 times its start at the end of --seconds. Low rank factors only Linear, Conv2d
@@ -68,11 +69,12 @@ bases and runs/TASK--METHOD.json per finished (task, method): rerunning
 the same command reads those back and runs only what is missing; a run
 made with other settings is refused.
 
-Duration with the defaults: about 35 minutes on a 2-core AMD EPYC beside
-one other job (measured): ~2 minutes for the bases (1,000 Adam steps at
-~75 ms for the ResNet, ~32 ms for the transformer), then 14 runs of 120 s
-of training plus 10 evaluations each (~0.75 s on 2,000 images for the
-ResNet, ~0.3 s for the transformer) and one profiled step each.
+Duration with the defaults: about 42 minutes on a 2-core AMD EPYC beside
+one other job, the bases reused (measured); making the bases adds about 2
+minutes (1,000 Adam steps at ~75 ms for the ResNet, ~32 ms for the
+transformer). Then 17 runs of 120 s of training plus 10 evaluations each
+(~0.75 s on 2,000 images for the ResNet, ~0.3 s for the transformer) and
+one profiled step each.
 
 The bases and tasks are in experiments/lib/finetune_models.py, the timed
 runs and memory in finetune_methods.py, the report in finetune_report.py.
