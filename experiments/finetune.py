@@ -41,11 +41,10 @@ The defaults come from screens (results/finetune/screen/): a 2x2x2x16
 market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
 8 times per step whatever the head's count) and sixteen of them add about
 three points to whole-model V2 on both ResNet tasks; lr 0.3 for every V2
-method; and rates that
-fall over the budget (--lr-decay 0.1). `--lr-decay F` makes every method's
-rate (Adam's too) fall geometrically with the training seconds spent, to F
-times its start at the end of --seconds. Low rank factors only Linear, Conv2d
-(groups=1) and Embedding weights; attention's projections live inside
+method; and rates that fall over the budget (--lr-decay 0.1). `--lr-decay
+F` makes every method's rate (Adam's too) fall geometrically with the
+training seconds spent, to F times its start at the end of --seconds.
+Low rank factors only Linear, Conv2d (groups=1) and Embedding weights; attention's projections live inside
 `nn.MultiheadAttention`, which reads them itself, so they stay dense (the
 JSON lists, per spec, the share of parameters that is factored). Under the
 market's vmap, torch has no batching rule for CPU attention and falls back

@@ -89,7 +89,7 @@ def test_the_ends_market_perturbs_the_partial_set_and_the_first_layer(kind):
     for method in ("v2-partial", "v2-ends"):
         _, make_specs = build_base(kind, 0)
         specs = make_specs()
-        _, market, extra = build_method(method, specs, args)
+        _, _, extra = build_method(method, specs, args)
         counts[method] = extra["perturbed_parameters"]
     first = next(m for m in specs[0].modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert all(p.requires_grad for p in first.parameters())
