@@ -36,7 +36,9 @@ batch --batch), and V2 on a --vendors market (batch --market-batch, lr
 rank-4 vendors (the transformer: dense and rank 1); `v2-partial`: dense
 vendors over the biases, the norms and the head only, every other weight
 frozen (requires_grad=False), at --partial-lr; `v2-ends`: the same and the
-model's first layer too, where a change of the input meets the model.
+model's first layer too, where a change of the input meets the model;
+`v2-tail`: the same and the whole spec before the head, where the features
+a new class needs would form.
 The defaults come from screens (results/finetune/screen/): a 2x2x2x16
 market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
 8 times per step whatever the head's count) and sixteen of them add about
@@ -68,12 +70,12 @@ bases and runs/TASK--METHOD.json per finished (task, method): rerunning
 the same command reads those back and runs only what is missing; a run
 made with other settings is refused.
 
-Duration with the defaults: about 42 minutes on a 2-core AMD EPYC beside
-one other job, the bases reused (measured); making the bases adds about 2
-minutes (1,000 Adam steps at ~75 ms for the ResNet, ~32 ms for the
-transformer). Then 17 runs of 120 s of training plus 10 evaluations each
-(~0.75 s on 2,000 images for the ResNet, ~0.3 s for the transformer) and
-one profiled step each.
+Duration with the defaults, on a 2-core AMD EPYC beside one other job,
+the bases reused: 17 of the 20 runs took 42 minutes (measured), about
+2.5 minutes a run (120 s of training, 10 evaluations of ~0.75 s on 2,000
+images for the ResNet and ~0.3 s for the transformer, one profiled step).
+Making the bases adds about 2 minutes (1,000 Adam steps at ~75 ms for the
+ResNet, ~32 ms for the transformer).
 
 The bases and tasks are in experiments/lib/finetune_models.py, the timed
 runs and memory in finetune_methods.py, the report in finetune_report.py.
@@ -123,7 +125,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adam-lr", type=float, default=1e-3)
     p.add_argument("--v2-lr", type=float, default=0.3)
     p.add_argument("--partial-lr", type=float, default=0.3, help="V2's rate when only part of the model is "
-                                                                  "perturbed (v2-partial, v2-ends)")
+                                                                  "perturbed (v2-partial, v2-ends, v2-tail)")
     p.add_argument("--probe-scale", type=float, default=0.1)
     p.add_argument("--lr-decay", type=float, default=0.1,
                    help="every method's rate falls geometrically over --seconds of training to this fraction of "

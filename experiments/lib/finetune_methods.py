@@ -29,7 +29,9 @@ from experiments.lib.finetune_models import load_specs
 
 PARTIAL = "v2-partial"  # dense vendors over the biases, the norms and the head only; the rest frozen
 ENDS = "v2-ends"  # the same and the first layer, where a change of the input meets the model
-TRAINABLE = {PARTIAL: "biases, norms and the head", ENDS: "biases, norms, the first layer and the head"}
+TAIL = "v2-tail"  # the same and the whole spec before the head, where a new class's features form
+TRAINABLE = {PARTIAL: "biases, norms and the head", ENDS: "biases, norms, the first layer and the head",
+             TAIL: "biases, norms, the spec before the head and the head"}
 
 
 def rank_of(method: str) -> int | None:
@@ -82,6 +84,8 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
         freeze_all_but_biases_norms_and_head(specs)
     if method == ENDS:
         first_layer(specs[0]).requires_grad_(True)
+    if method == TAIL:
+        specs[-2].requires_grad_(True)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
     rate = v2_rate(method, args)
     opt = V2(market, lr=rate, probe_scale=args.probe_scale, seed=args.seed)

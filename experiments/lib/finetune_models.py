@@ -37,13 +37,13 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "ten-classes": Task("resnet", "fashion-mnist", tuple(range(10)), False,
-                        ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends"),
+                        ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends", "v2-tail"),
                         "ResNet-8, Fashion-MNIST: all ten classes"),
     "inverted": Task("resnet", "fashion-mnist", tuple(range(9)), True,
-                     ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends"),
+                     ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends", "v2-tail"),
                      "ResNet-8, Fashion-MNIST 0-8 inverted"),
     "transformer-inverted": Task("transformer", "mnist", tuple(range(10)), True,
-                                 ("backprop", "v2-dense", "v2-rank1", "v2-partial", "v2-ends"),
+                                 ("backprop", "v2-dense", "v2-rank1", "v2-partial", "v2-ends", "v2-tail"),
                                  "Transformer, MNIST inverted"),
 }
 BASES = {"resnet": ("fashion-mnist", tuple(range(9))), "transformer": ("mnist", tuple(range(10)))}

@@ -39,8 +39,9 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         f"Machine: {report['machine']}; torch {torch.__version__}. Accuracy on the first {args.test_images} test "
         "images of each task's classes; seconds count training steps only. Backprop: Adam lr "
         f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market, batch "
-        f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial and v2-ends: {args.partial_lr:g}; v2-partial perturbs "
-        "only the biases, the norms and the head, v2-ends those and the first layer), probe scale "
+        f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial, v2-ends and v2-tail: {args.partial_lr:g}; v2-partial "
+        "perturbs only the biases, the norms and the head, v2-ends those and the first layer, v2-tail those and "
+        "the spec before the head), probe scale "
         f"{args.probe_scale:g}."
         + (f" Every rate falls geometrically over the {args.seconds:g} s to {args.lr_decay:g} of its start."
            if args.lr_decay != 1 else "")

@@ -78,19 +78,20 @@ def test_the_rate_decays_geometrically_with_the_seconds_spent_and_a_decayed_run_
 
 
 @pytest.mark.parametrize("kind", ["resnet", "transformer"])
-def test_the_ends_market_perturbs_the_partial_set_and_the_first_layer(kind):
+def test_the_ends_and_tail_markets_add_the_first_layer_and_the_spec_before_the_head(kind):
     from types import SimpleNamespace
 
     from experiments.lib.finetune_methods import build_method
     from experiments.lib.finetune_models import build_base
 
     args = SimpleNamespace(vendor_counts=[2, 1, 1, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0)
-    counts = {}
-    for method in ("v2-partial", "v2-ends"):
-        _, make_specs = build_base(kind, 0)
-        specs = make_specs()
-        _, _, extra = build_method(method, specs, args)
-        counts[method] = extra["perturbed_parameters"]
-    first = next(m for m in specs[0].modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    counts, specs = {}, {}
+    for method in ("v2-partial", "v2-ends", "v2-tail"):
+        specs[method] = build_base(kind, 0)[1]()
+        counts[method] = build_method(method, specs[method], args)[2]["perturbed_parameters"]
+    first = next(m for m in specs["v2-ends"][0].modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert all(p.requires_grad for p in first.parameters())
     assert counts["v2-ends"] - counts["v2-partial"] == first.weight.numel()
+    before_head = specs["v2-tail"][-2]
+    assert all(p.requires_grad for p in before_head.parameters())
+    assert counts["v2-tail"] - counts["v2-partial"] == sum(p.numel() for p in before_head.parameters() if p.dim() > 1)
