@@ -15,8 +15,7 @@ served along paths around the current weights, which keep learning; the
 average is meant to cancel much of the random part of their steps (each
 has the length of the rate, mostly in directions the records are not
 about) and keep their steady drift towards the new class, about N steps
-late. The
-current weights' figures are logged beside it as `served_*`.
+late. The current weights' figures are logged beside it as `served_*`.
 
 A run checkpoints its market, learner and sampling state every
 `checkpoint_every` steps; resumed, it continues exactly where the checkpoint
