@@ -123,6 +123,9 @@ def test_the_stabilised_adaptive_rate_reaches_the_optimizer(monkeypatch, capsys,
         pytest.param(["train", "--algorithm", "adaptive", "--rate-smoothing", "1", "--steps", "1"],
                      ["--rate-smoothing"], id="rate-smoothing-one"),
         pytest.param(["train", "--rate-bounds", "0.5,2", "--steps", "1"], ["adaptive only"], id="rate-bounds-on-v2"),
+        pytest.param(["train", "--lr", "0.1,0.1", "--steps", "1"], ["--lr", "2 rates for 3 specs"], id="lr-per-spec-count"),
+        pytest.param(["train", "--lr", "0.1,x,0.1", "--steps", "1"], ["--lr"], id="lr-not-numbers"),
+        pytest.param(["train", "--lr", "0.1,0,0.1", "--steps", "1"], ["--lr"], id="lr-per-spec-zero"),
     ],
 )
 def test_user_errors_print_one_line(monkeypatch, capsys, tmp_path, args, hints):

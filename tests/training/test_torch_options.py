@@ -53,11 +53,33 @@ def test_cosine_anneals_the_rate_and_the_probe_width(small_data):
     assert trainer.optimizer.lr[0] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(schedule="cosine")])
+def test_a_rate_per_spec_moves_and_probes_each_spec_at_its_own_rate(small_data, overrides):
+    trainer = Trainer(config(small_data, lr=(0.2, 0.1, 0.05), probe_scale=0.5, decay=0.0, **overrides))
+    assert trainer.optimizer.lr == pytest.approx([0.2, 0.1, 0.05])
+    assert trainer.optimizer.probe_widths() == pytest.approx([0.1, 0.05, 0.025])
+    before = [p.detach().clone() for p in trainer.market.parameters()]
+    trainer.config.steps = 1
+    trainer.run()
+    moved = [torch.cat([(p.detach() - b).flatten() for p, b in zip(spec.parameters(), before_spec)]).norm()
+             for spec, before_spec in zip(trainer.market.specs, split_by_spec(trainer.market, before))]
+    assert [float(m) for m in moved] == pytest.approx([0.2, 0.1, 0.05], rel=1e-4)  # V2: a unit step per spec
+
+
+def split_by_spec(market, tensors):
+    out, i = [], 0
+    for spec in market.specs:
+        n = len(list(spec.parameters()))
+        out.append(tensors[i:i + n])
+        i += n
+    return out
+
+
 @pytest.mark.parametrize("overrides", [
     dict(optimizer="adam", lr=0.003, probe_width=0.005, direction="raw", schedule="warmup-cosine", warmup=1,
          schedule_steps=4),
     dict(optimizer="momentum", nesterov=True, schedule="cosine", schedule_steps=4, attribution="rank",
-         antithetic=True, clip=1.0),
+         antithetic=True, clip=1.0, lr=(0.2, 0.1, 0.05)),
 ])
 def test_resume_with_a_torch_optimizer_and_schedule_is_exact(small_data, tmp_path, overrides):
     straight = Trainer(config(small_data, **overrides))

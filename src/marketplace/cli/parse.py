@@ -31,6 +31,14 @@ def floats(text: str | None, name: str) -> tuple[float, ...] | None:
         raise MarketplaceError(f"{name} takes comma-separated numbers like 0.03,0.1, got {text!r}") from None
 
 
+def rates(text: str | float | None, name: str = "--lr") -> float | tuple[float, ...] | None:
+    """--lr: `0.15` -> 0.15, `0.15,0.15,0.075` -> one rate per spec; None stays None (the default)."""
+    if text is None or isinstance(text, (int, float)):
+        return text
+    values = floats(text, name)
+    return values[0] if len(values) == 1 else values
+
+
 def per_spec(unit: str) -> bool:
     """--unit: 'spec' (a unit vector per spec) -> True, 'model' (one over the whole model) -> False."""
     checks.one_of("unit", unit, checks.UNITS)

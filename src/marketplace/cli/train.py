@@ -13,7 +13,7 @@ from ..training.config import TrainConfig
 from . import app
 from . import options as opt
 from .options import join, option
-from .parse import floats, ints, nonfinite_policy, per_spec
+from .parse import floats, ints, nonfinite_policy, per_spec, rates
 
 
 # The command's defaults: TrainConfig's, but the CLI buys cheap specs more vendors (defaults.CLI_CHEAP_VENDORS).
@@ -28,7 +28,8 @@ def train(
     vendors: str = opt.vendors(D, "vendors per spec: 4,4,4 = the CNN split 3 ways; 64 = all at once"),
     sampling: Optional[str] = option(D, "sampling", "upstream sampling per spec, 0 = all (default: all)", show=join),
     batch: int = opt.batch(D),
-    lr: Optional[float] = opt.lr(D, "learning rate (default: 0.15 for v2, 0.003 for v1)"),
+    lr: Optional[str] = opt.lr(D, "learning rate, one or one per spec (e.g. 0.15,0.15,0.075; default: 0.15 for "
+                                  "v2, 0.003 for v1)"),
     decay: float = opt.decay(D),
     probe_scale: float = opt.probe_scale(D, "v2: vendors probe at lr * probe_scale"),
     unit: str = opt.unit(D, "v2: unit vector per 'spec' or over the whole 'model'"),
@@ -124,7 +125,7 @@ def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, pro
     """
     return TrainConfig(
         dataset=dataset, algorithm=algorithm, vendors=ints(vendors, "--vendors"),
-        sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=lr, decay=decay,
+        sampling=ints(sampling, "--sampling") if sampling else None, batch=batch, lr=rates(lr), decay=decay,
         probe_scale=probe_scale, per_spec=per_spec(unit), meta_lr=meta_lr,
         rate_bounds=floats(rate_bounds, "--rate-bounds"), rate_smoothing=rate_smoothing, steps=steps,
         max_seconds=max_seconds, seed=seed, device=device, eval_every=eval_every, eval_samples=eval_samples,

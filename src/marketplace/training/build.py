@@ -18,7 +18,7 @@ from ..norms import norm_layer
 from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizerProtocol, TorchMarketOptimizer
 from .checkpoint import Checkpoint
 from .cheap_vendors import market_vendors
-from .config import DEFAULT_LR, TrainConfig
+from .config import TrainConfig
 from .schedules import Schedule, build_scheduler, build_torch_optimizer
 
 
@@ -89,7 +89,7 @@ def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) ->
     return market
 
 
-def build_torch_v2(config: TrainConfig, market: Market, lr: float) -> TorchMarketOptimizer:
+def build_torch_v2(config: TrainConfig, market: Market, lr: float | Sequence[float]) -> TorchMarketOptimizer:
     """V2's estimate under the configured torch optimizer and lr schedule."""
     optimizer = build_torch_optimizer(config.optimizer, market, lr, config.momentum, config.weight_decay,
                                       config.nesterov)
@@ -104,7 +104,7 @@ def build_torch_v2(config: TrainConfig, market: Market, lr: float) -> TorchMarke
 
 def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizerProtocol:
     """V1, V2 or AdaptiveV2; v2 with torch options goes through torch.optim (plain V2 is the same as sgd + constant)."""
-    lr = config.lr if config.lr is not None else DEFAULT_LR[config.algorithm]
+    lr = config.rates()
     if config.algorithm == "v2" and config.torch_options_used():
         return build_torch_v2(config, market, lr)
     common = dict(decay=config.decay, seed=config.seed, cache_deltas=config.cache_deltas,

@@ -30,7 +30,7 @@ class TrainConfig:
     vendors: tuple[int, ...] = (4, 4, 4)
     sampling: tuple[int, ...] | None = None  # None: full sampling everywhere
     batch: int = 128
-    lr: float | None = None  # None: DEFAULT_LR[algorithm]
+    lr: float | tuple[float, ...] | None = None  # one rate, or one per spec; None: DEFAULT_LR[algorithm]
     decay: float = 1e-5
     probe_scale: float = 0.03
     per_spec: bool = True
@@ -134,14 +134,33 @@ class TrainConfig:
         if self.split is not None and any(i < 1 for i in self.split):
             raise checks.fail(f"split takes layer indices >= 1, got {list(self.split)}", "split")
         checks.positive("decay", self.decay, zero=True)
-        for name in ("probe_scale", "meta_lr") + (("lr",) if self.lr is not None else ()):
+        for name in ("probe_scale", "meta_lr"):
             checks.positive(name, getattr(self, name))
+        self._validate_lr()
         if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
             raise checks.fail(f"rank must be an integer >= 0 (0 = dense vendors), got {self.rank}", "rank")
         if self.decay >= 1:
             raise checks.fail(f"decay must be below 1, got {self.decay}", "decay")
         self._validate_adaptive_options()
         self._validate_torch_options()
+
+    def _validate_lr(self) -> None:
+        if self.lr is None:
+            return
+        rates = self.lr if isinstance(self.lr, (tuple, list)) else (self.lr,)
+        for rate in rates:
+            checks.positive("lr", rate)
+        if len(rates) > 1 and len(rates) != len(self.vendors):
+            raise checks.fail(f"lr takes one rate or one per spec: {len(rates)} rates for {len(self.vendors)} specs",
+                              "lr", "vendors")
+
+    def rates(self) -> float | list[float]:
+        """The learning rate the optimizer gets: the algorithm's default, one rate, or one per spec."""
+        if self.lr is None:
+            return DEFAULT_LR[self.algorithm]
+        if isinstance(self.lr, (tuple, list)):
+            return float(self.lr[0]) if len(self.lr) == 1 else [float(r) for r in self.lr]
+        return float(self.lr)
 
     def _validate_adaptive_options(self) -> None:
         if self.algorithm != "adaptive" and (self.rate_bounds is not None or self.rate_smoothing != 0):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -56,15 +57,22 @@ class Schedule:
         return schedule_factor(self.name, step, self.horizon, self.warmup, self.decay, self.floor)
 
 
-def spec_param_groups(market: Market, lr: float) -> list[dict]:
-    """One param group per spec, so per-spec rates and probe widths stay possible."""
-    return [{"params": list(spec.parameters()), "lr": lr} for spec in market.specs]
+def spec_param_groups(market: Market, lr: float | Sequence[float]) -> list[dict]:
+    """One param group per spec, each with its rate (lr: one for all, or one per spec)."""
+    rates = [lr] * market.depth if isinstance(lr, (int, float)) else list(lr)
+    if len(rates) != market.depth:
+        raise ValueError(f"{len(rates)} rates for a market of {market.depth} specs: give one, or one per spec")
+    return [{"params": list(spec.parameters()), "lr": rate} for spec, rate in zip(market.specs, rates)]
 
 
-def build_torch_optimizer(name: str, market: Market, lr: float, momentum: float = 0.9,
+def build_torch_optimizer(name: str, market: Market, lr: float | Sequence[float], momentum: float = 0.9,
                           weight_decay: float = 0.0, nesterov: bool = False) -> torch.optim.Optimizer:
-    """sgd (V2 itself with lr = V2's lr), momentum (SGD with momentum, optionally Nesterov), adam, adamw."""
+    """sgd (V2 itself with lr = V2's lr), momentum (SGD with momentum, optionally Nesterov), adam, adamw.
+
+    lr: one rate, or one per spec (a param group each).
+    """
     groups = spec_param_groups(market, lr)
+    lr = groups[0]["lr"]  # the optimizer's default; every group has its own
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay)
     if name == "momentum":
