@@ -109,6 +109,17 @@ FULL = dict(seconds=120.0, pretrain_steps=1000, batch=64, market_batch=32, vendo
 TINY = dict(seconds=0.05, pretrain_steps=2, batch=8, market_batch=4, vendors="2,2,2,2", evals=1, test_images=50)
 
 
+def rates(text: str) -> float | list[float]:
+    """`0.3` -> 0.3; `0.3,0.3,0.3,0.15` -> one rate per spec."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a rate or one per spec, like 0.3 or 0.3,0.3,0.3,0.15: {text!r}")
+    if len(values) not in (1, 4) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"takes one positive rate or 4 (one per spec), got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/finetune", help="the bases, runs and report (results/ only when given)")
@@ -123,8 +134,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--market-batch", type=int, default=None, help=f"V2's batch (default {FULL['market_batch']})")
     p.add_argument("--vendors", default=None, help=f"vendors per spec, 4 specs (default {FULL['vendors']})")
     p.add_argument("--adam-lr", type=float, default=1e-3)
-    p.add_argument("--v2-lr", type=float, default=0.3)
-    p.add_argument("--partial-lr", type=float, default=0.3, help="V2's rate when only part of the model is "
+    p.add_argument("--v2-lr", type=rates, default=0.3, help="V2's rate: one, or one per spec (4 specs)")
+    p.add_argument("--partial-lr", type=rates, default=0.3, help="V2's rate when only part of the model is "
                                                                   "perturbed (v2-partial, v2-ends, v2-tail)")
     p.add_argument("--probe-scale", type=float, default=0.1)
     p.add_argument("--lr-decay", type=float, default=0.1,

@@ -41,8 +41,10 @@ def rank_of(method: str) -> int | None:
     return 0 if method in ("v2-dense", *TRAINABLE) else int(method.removeprefix("v2-rank"))
 
 
-def v2_rate(method: str, args) -> float:
-    return args.partial_lr if method in TRAINABLE else args.v2_lr
+def v2_rate(method: str, args) -> float | list[float]:
+    """V2's starting rate for the method: one for every spec, or one per spec."""
+    rate = args.partial_lr if method in TRAINABLE else args.v2_lr
+    return rate[0] if isinstance(rate, (list, tuple)) and len(rate) == 1 else rate
 
 
 def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
@@ -90,8 +92,10 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     rate = v2_rate(method, args)
     opt = V2(market, lr=rate, probe_scale=args.probe_scale, seed=args.seed)
 
+    rates = list(rate) if isinstance(rate, (list, tuple)) else [rate] * market.depth
+
     def step(x, y, scale=1.0):
-        opt.lr = [rate * scale] * market.depth  # the probes' width follows: lr x probe_scale
+        opt.lr = [r * scale for r in rates]  # the probes' width follows: lr x probe_scale
         out = market.evaluate(x, opt.vendors)
         opt.step(path_losses(out.products, y), out.paths)
 

@@ -13,6 +13,13 @@ from marketplace.machine import machine_name
 from experiments.lib.finetune_models import TASKS
 
 
+def rate_text(rate) -> str:
+    """0.3 -> "0.3"; [0.3, 0.3, 0.3, 0.15] -> "0.3,0.3,0.3,0.15 (per spec)"."""
+    if isinstance(rate, (list, tuple)):
+        return ",".join(f"{r:g}" for r in rate) + " (per spec)"
+    return f"{rate:g}"
+
+
 def score(rows: list[dict]) -> None:
     """Add gain and the fraction of backprop's gain (same task, same seconds) to each result."""
     backprop = {r["task"]: r for r in rows if r["method"] == "backprop"}
@@ -39,7 +46,8 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         f"Machine: {report['machine']}; torch {torch.__version__}. Accuracy on the first {args.test_images} test "
         "images of each task's classes; seconds count training steps only. Backprop: Adam lr "
         f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market, batch "
-        f"{args.market_batch}, lr {args.v2_lr:g} (v2-partial, v2-ends and v2-tail: {args.partial_lr:g}; v2-partial "
+        f"{args.market_batch}, lr {rate_text(args.v2_lr)} (v2-partial, v2-ends and v2-tail: "
+        f"{rate_text(args.partial_lr)}; v2-partial "
         "perturbs only the biases, the norms and the head, v2-ends those and the first layer, v2-tail those and "
         "the spec before the head), probe scale "
         f"{args.probe_scale:g}."

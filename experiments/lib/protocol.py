@@ -36,6 +36,8 @@ VARIANTS: dict[str, list[str]] = {
     # schedule over the 1,500 steps
     "v2-4x4x64": ["--vendors", "4,4,64", "--cheap-vendors", "0"],
     "v2-4x4x64-cosine": ["--vendors", "4,4,64", "--cheap-vendors", "0", "--schedule", "cosine"],
+    # the same market with the head's rate (and so its probes) at half the convolutions'
+    "v2-4x4x64-head-half": ["--vendors", "4,4,64", "--cheap-vendors", "0", "--lr", "0.15,0.15,0.075"],
     # the adaptive rate (a second market pass per step picks lr * (1 + r), r within +-meta_lr 0.1), as it was
     "adaptive": ["--algorithm", "adaptive", "--cheap-vendors", "0"],
     # the same, stabilised: the rate held within 0.5..2 x lr 0.15, the kept rate an EMA (beta 0.9) of the chosen ones

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from torch import nn
 
 from experiments.finetune import main
@@ -95,3 +96,30 @@ def test_the_ends_and_tail_markets_add_the_first_layer_and_the_spec_before_the_h
     before_head = specs["v2-tail"][-2]
     assert all(p.requires_grad for p in before_head.parameters())
     assert counts["v2-tail"] - counts["v2-partial"] == sum(p.numel() for p in before_head.parameters() if p.dim() > 1)
+
+
+def test_a_rate_per_spec_reaches_the_optimizer_and_a_wrong_count_is_refused():
+    from types import SimpleNamespace
+
+    from experiments.finetune import parse
+    from experiments.lib.finetune_methods import build_method
+    from experiments.lib.finetune_models import build_base
+
+    assert parse(["--partial-lr", "0.3,0.3,0.3,0.15"]).partial_lr == [0.3, 0.3, 0.3, 0.15]
+    assert parse(["--partial-lr", "0.2"]).partial_lr == 0.2
+    for bad in ("0.3,0.15", "0.3,x,0.3,0.3", "0,0.3,0.3,0.3"):
+        with pytest.raises(SystemExit):
+            parse(["--partial-lr", bad])
+    args = SimpleNamespace(vendor_counts=[2, 2, 2, 2], partial_lr=[0.4, 0.3, 0.2, 0.1], v2_lr=0.3,
+                           probe_scale=0.1, seed=0)
+    step, market, _ = build_method("v2-partial", build_base("resnet", 0)[1](), args)
+    before = [p.detach().clone() for p in market.parameters()]
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    step(x, y, 0.5)
+    moved, i = [], 0
+    for spec in market.specs:
+        params = [p for p in spec.parameters()]
+        moved.append(float(torch.cat([(p.detach() - b).flatten() for p, b in
+                                      zip(params, before[i:i + len(params)])]).norm()))
+        i += len(params)
+    assert moved == pytest.approx([0.2, 0.15, 0.1, 0.05], rel=1e-4)  # each spec's rate, times the decay's 0.5
