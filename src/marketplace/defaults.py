@@ -7,7 +7,11 @@ the cheap specs more vendors (docs/results.md, the protocol), within a bound on
 memory (`training.cheap_vendors.MEMORY_FACTOR`); the run's first line names the
 market it makes. The library (`TrainConfig.cheap_vendors = 0`, `Market`) keeps
 the counts it is given.
+CHEAP_SPEC_RATE: unless `--lr` is given, a v2 spec that cheap_vendors raised
+trains at this fraction of the rate: its many vendors point its step better,
+and the full rate overshoots (docs/results.md, "A rate per spec").
 """
 
 DEFAULT_LR = {"v1": 0.003, "v2": 0.15, "adaptive": 0.15}
 CLI_CHEAP_VENDORS = 0.1  # 4,4,4 -> 4x4x64, 7% more FLOPs
+CHEAP_SPEC_RATE = 0.5  # 4x4x64 trains at 0.15, 0.15, 0.075

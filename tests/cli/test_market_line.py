@@ -45,6 +45,25 @@ def test_describe_market_says_what_changed_and_how_to_keep_the_counts():
     assert text.startswith("4x4x64 (asked 4,4,4; cheap_vendors=0.1 gave the head 64 vendors")
     assert "cheap_vendors=0 keeps your counts" in text
     assert "spec 0 8 and the head 16" in describe_market((4, 4, 4), (8, 4, 16), 0.2)
+    halved = describe_market((4, 4, 4), (4, 4, 64), 0.1, [0.15, 0.15, 0.075])
+    assert "the head 64 vendors at a lower rate (lr 0.15,0.15,0.075; --lr sets yours)" in halved
+
+
+@pytest.mark.parametrize("overrides, rates", [
+    (dict(), [0.15, 0.15, 0.075]),  # the CLI's default: the head cheap_vendors raised trains at half the rate
+    (dict(lr=0.2), 0.2),  # a rate the user gives is the rate that runs
+    (dict(lr=(0.2, 0.1, 0.3)), [0.2, 0.1, 0.3]),
+    (dict(cheap_vendors=0.0), 0.15),  # nothing raised: one rate
+    (dict(algorithm="v1"), 0.003),  # only V2's unit step is halved
+])
+def test_default_rates_halve_a_raised_spec_unless_a_rate_is_given(overrides, rates):
+    from marketplace.training.build import build_optimizer, default_rates
+
+    config = TrainConfig(**{"cheap_vendors": CLI_CHEAP_VENDORS, **overrides})
+    market = build_market(config, torch.device("cpu"), (1, 28, 28), 10)
+    assert default_rates(config, market.vendor_counts) == pytest.approx(rates)
+    expected = rates if isinstance(rates, list) else [rates] * 3
+    assert build_optimizer(config, market).lr == pytest.approx(expected)
 
 
 def market_of(model, vendors, shape):

@@ -17,7 +17,7 @@ from ..models import build_model, canonical_source, is_factory_source
 from ..norms import norm_layer
 from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizerProtocol, TorchMarketOptimizer
 from .checkpoint import Checkpoint
-from .cheap_vendors import market_vendors
+from .cheap_vendors import market_vendors, raised_rates
 from .config import TrainConfig
 from .schedules import Schedule, build_scheduler, build_torch_optimizer
 
@@ -102,9 +102,17 @@ def build_torch_v2(config: TrainConfig, market: Market, lr: float | Sequence[flo
                                 config.on_nonfinite)
 
 
+def default_rates(config: TrainConfig, vendor_counts: Sequence[int]) -> float | list[float]:
+    """The rate of each spec: --lr as given, else the algorithm's default, halved (v2) where cheap_vendors raised a spec."""
+    lr = config.rates()
+    if config.lr is None and config.algorithm == "v2":
+        return raised_rates(lr, config.vendors, vendor_counts)
+    return lr
+
+
 def build_optimizer(config: TrainConfig, market: Market) -> MarketOptimizerProtocol:
     """V1, V2 or AdaptiveV2; v2 with torch options goes through torch.optim (plain V2 is the same as sgd + constant)."""
-    lr = config.rates()
+    lr = default_rates(config, market.vendor_counts)
     if config.algorithm == "v2" and config.torch_options_used():
         return build_torch_v2(config, market, lr)
     common = dict(decay=config.decay, seed=config.seed, cache_deltas=config.cache_deltas,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..cost import largest_activation, products, spec_flops, step_flops
+from ..defaults import CHEAP_SPEC_RATE
 
 # The raised market may hold this many times the asked market's largest activation. 8 is what
 # the beautiful-MNIST CNN's 4,4,4 -> 4x4x64 needs (its head reads 576 features per path).
@@ -98,13 +99,32 @@ def _activations(specs: Sequence, input_shape: Sequence[int]) -> list[int]:
     return found
 
 
-def describe_market(asked: Sequence[int], trained: Sequence[int], slack: float) -> str:
-    """`4x4x64 (asked 4,4,4; cheap_vendors=0.1 gave the head 64 vendors)`: the market, and why not the one asked."""
+def raised_rates(rate: float, asked: Sequence[int], trained: Sequence[int],
+                 factor: float = CHEAP_SPEC_RATE) -> float | list[float]:
+    """The default rate of each spec: `factor` x rate where cheap_vendors raised the count, else rate.
+
+    With many vendors a spec's V2 direction is estimated well, and a unit
+    step of the full rate along it overshoots: the head of 4x4x64 learns
+    more at half the rate (docs/results.md, "A rate per spec"). An unraised
+    market keeps the one rate.
+    """
+    if tuple(asked) == tuple(trained):
+        return rate
+    return [rate * factor if m > a else rate for a, m in zip(asked, trained)]
+
+
+def describe_market(asked: Sequence[int], trained: Sequence[int], slack: float, rates: object = None) -> str:
+    """`4x4x64 (asked 4,4,4; cheap_vendors=0.1 gave the head 64 vendors)`: the market, and why not the one asked.
+
+    rates: the rate of each spec when they differ (`raised_rates`), said too.
+    """
     name = "x".join(map(str, trained))
     if tuple(asked) == tuple(trained):
         return name
     last = len(trained) - 1
     raised = [f"{'the head' if k == last else f'spec {k}'} {m}" for k, (a, m) in enumerate(zip(asked, trained))
               if a != m]
+    lr = (f" at a lower rate (lr {','.join(f'{r:g}' for r in rates)}; --lr sets yours)"
+          if isinstance(rates, (list, tuple)) else "")
     return (f"{name} (asked {','.join(map(str, asked))}; cheap_vendors={slack:g} gave {' and '.join(raised)} "
-            "vendors; cheap_vendors=0 keeps your counts)")
+            f"vendors{lr}; cheap_vendors=0 keeps your counts)")

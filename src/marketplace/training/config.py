@@ -30,7 +30,7 @@ class TrainConfig:
     vendors: tuple[int, ...] = (4, 4, 4)
     sampling: tuple[int, ...] | None = None  # None: full sampling everywhere
     batch: int = 128
-    lr: float | tuple[float, ...] | None = None  # one rate, or one per spec; None: DEFAULT_LR[algorithm]
+    lr: float | tuple[float, ...] | None = None  # one, or one per spec; None: DEFAULT_LR (build.default_rates)
     decay: float = 1e-5
     probe_scale: float = 0.03
     per_spec: bool = True

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .build import default_rates
 from .cheap_vendors import describe_market
 from .config import TrainConfig
 
@@ -49,7 +50,7 @@ def market_line(config: TrainConfig, market, start_step: int = 0) -> str:
         return f"{config.algorithm} on {config.data or config.dataset}"
     paths = getattr(market, "num_paths", None)
     where = getattr(market, "device", None)
-    text = f"market {describe_market(config.vendors, counts, config.cheap_vendors)}: "
+    text = f"market {describe_market(config.vendors, counts, config.cheap_vendors, default_rates(config, counts))}: "
     text += f"{paths:,} paths, " if isinstance(paths, int) else ""
     text += f"{config.algorithm} on {config.data or config.dataset}" + (f", {where}" if where is not None else "")
     frozen = getattr(market, "frozen_parameters", 0)
