@@ -113,7 +113,8 @@ def raised_rates(rate: float, asked: Sequence[int], trained: Sequence[int],
     return [rate * factor if m > a else rate for a, m in zip(asked, trained)]
 
 
-def describe_market(asked: Sequence[int], trained: Sequence[int], slack: float, rates: object = None) -> str:
+def describe_market(asked: Sequence[int], trained: Sequence[int], slack: float,
+                    rates: float | Sequence[float] | None = None) -> str:
     """`4x4x64 (asked 4,4,4; cheap_vendors=0.1 gave the head 64 vendors)`: the market, and why not the one asked.
 
     rates: the rate of each spec when they differ (`raised_rates`), said too.
