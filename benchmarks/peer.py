@@ -11,10 +11,11 @@ EvoTorch (NNAISENSE), on the beautiful-MNIST CNN as one vector of all its
 parameters, its population evaluated in one batched computation (vmap over
 `functional_call`, as the market evaluates its vendors). Our side: V2 with
 the CLI defaults (`--vendors 4,4,4` with `--cheap-vendors 0.1`, which
-trains 4x4x64: 64 vendors on the cheap last spec; batch 128, lr 0.15, probe
-scale 0.03; until 2026-11-23 `--cheap-vendors 0.05`, 4x4x32, which
-peer_4x4x32_cpu.* ran) and V2 with the published rates (lr 0.1, probe
-scale 0.1) on a 4x4x4 market.
+trains 4x4x64: 64 vendors on the cheap last spec at half the rate; batch
+128, lr 0.15, 0.15, 0.075, probe scale 0.03; the committed peer_cpu.* ran
+when the head had the full 0.15, and peer_4x4x32_cpu.* before that, with
+`--cheap-vendors 0.05`, 4x4x32) and V2 with the published rates (lr 0.1,
+probe scale 0.1) on a 4x4x4 market.
 
 Fairness on a shared machine: the methods run in one process, interleaved
 step by step (the one with the least training time so far goes next), so
@@ -61,7 +62,8 @@ class MarketMethod:
 
     def __init__(self, name: str, seed: int, vendors=(4, 4, 4), lr=0.15, probe_scale=0.03, decay=1e-5, batch=128):
         self.name, self.batch_size = name, batch
-        self.settings = {"algorithm": "V2", "vendors": "x".join(map(str, vendors)), "batch": batch, "lr": lr,
+        self.settings = {"algorithm": "V2", "vendors": "x".join(map(str, vendors)), "batch": batch, "lr": list(lr)
+                         if isinstance(lr, tuple) else lr,
                          "probe_scale": probe_scale, "decay": decay}
         self.market = Market(initial_specs(len(vendors), seed), list(vendors))
         self.optimizer = V2(self.market, lr=lr, probe_scale=probe_scale, decay=decay, seed=seed)
@@ -247,7 +249,7 @@ def main(argv=None) -> dict:
             setting = (best["popsize"], best["max_speed"], best["stdev_init"], best["batch"])
         else:
             setting = TUNING[0]
-        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64)),
+        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64), lr=(0.15, 0.15, 0.075)),
                    MarketMethod("V2 4x4x4 (published rates)", args.seed, lr=0.1, probe_scale=0.1),
                    pgpe(setting, args.seed)]
         out = Path(args.out) if args.out else RUNS / "peer_cpu.json"

@@ -29,7 +29,7 @@ def train(
     sampling: Optional[str] = option(D, "sampling", "upstream sampling per spec, 0 = all (default: all)", show=join),
     batch: int = opt.batch(D),
     lr: Optional[str] = opt.lr(D, "learning rate, one or one per spec (e.g. 0.15,0.15,0.075; default: 0.15 for "
-                                  "v2, 0.003 for v1)"),
+                                  "v2, half that for a spec --cheap-vendors raised; 0.003 for v1)"),
     decay: float = opt.decay(D),
     probe_scale: float = opt.probe_scale(D, "v2: vendors probe at lr * probe_scale"),
     unit: str = opt.unit(D, "v2: unit vector per 'spec' or over the whole 'model'"),
