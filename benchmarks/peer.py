@@ -62,8 +62,7 @@ class MarketMethod:
 
     def __init__(self, name: str, seed: int, vendors=(4, 4, 4), lr=0.15, probe_scale=0.03, decay=1e-5, batch=128):
         self.name, self.batch_size = name, batch
-        self.settings = {"algorithm": "V2", "vendors": "x".join(map(str, vendors)), "batch": batch, "lr": list(lr)
-                         if isinstance(lr, tuple) else lr,
+        self.settings = {"algorithm": "V2", "vendors": "x".join(map(str, vendors)), "batch": batch, "lr": lr,
                          "probe_scale": probe_scale, "decay": decay}
         self.market = Market(initial_specs(len(vendors), seed), list(vendors))
         self.optimizer = V2(self.market, lr=lr, probe_scale=probe_scale, decay=decay, seed=seed)
@@ -249,7 +248,7 @@ def main(argv=None) -> dict:
             setting = (best["popsize"], best["max_speed"], best["stdev_init"], best["batch"])
         else:
             setting = TUNING[0]
-        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64), lr=(0.15, 0.15, 0.075)),
+        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64), lr=[0.15, 0.15, 0.075]),
                    MarketMethod("V2 4x4x4 (published rates)", args.seed, lr=0.1, probe_scale=0.1),
                    pgpe(setting, args.seed)]
         out = Path(args.out) if args.out else RUNS / "peer_cpu.json"

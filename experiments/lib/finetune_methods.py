@@ -92,7 +92,7 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     rate = v2_rate(method, args)
     opt = V2(market, lr=rate, probe_scale=args.probe_scale, seed=args.seed)
 
-    rates = list(rate) if isinstance(rate, (list, tuple)) else [rate] * market.depth
+    rates = list(opt.lr)  # the starting rate of each spec, as V2 read it
 
     def step(x, y, scale=1.0):
         opt.lr = [r * scale for r in rates]  # the probes' width follows: lr x probe_scale

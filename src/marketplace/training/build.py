@@ -103,7 +103,7 @@ def build_torch_v2(config: TrainConfig, market: Market, lr: float | Sequence[flo
 
 
 def default_rates(config: TrainConfig, vendor_counts: Sequence[int]) -> float | list[float]:
-    """The rate of each spec: --lr as given, else the algorithm's default, halved (v2) where cheap_vendors raised a spec."""
+    """Each spec's rate: --lr as given, else the algorithm's default, halved (v2) where cheap_vendors raised it."""
     lr = config.rates()
     if config.lr is None and config.algorithm == "v2":
         return raised_rates(lr, config.vendors, vendor_counts)

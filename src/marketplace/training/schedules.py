@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from ..market import Market
+from ..optim.checks import check_per_spec
 
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam", "adamw")
 SCHEDULE_NAMES = ("constant", "cosine", "step", "warmup-cosine")
@@ -59,9 +60,7 @@ class Schedule:
 
 def spec_param_groups(market: Market, lr: float | Sequence[float]) -> list[dict]:
     """One param group per spec, each with its rate (lr: one for all, or one per spec)."""
-    rates = [lr] * market.depth if isinstance(lr, (int, float)) else list(lr)
-    if len(rates) != market.depth:
-        raise ValueError(f"{len(rates)} rates for a market of {market.depth} specs: give one, or one per spec")
+    rates = check_per_spec("learning rate", lr, market.depth, "rates")
     return [{"params": list(spec.parameters()), "lr": rate} for spec, rate in zip(market.specs, rates)]
 
 
