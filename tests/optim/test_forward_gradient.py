@@ -158,3 +158,22 @@ def test_a_spec_split_over_groups_is_refused():
                           lr=0.1)
     with pytest.raises(MarketplaceError, match="split over param groups"):
         ForwardGradient(market, opt)
+
+
+def test_an_optimizer_over_the_trainable_parameters_only():
+    """Frozen weights are never perturbed: an optimizer need not hold them, and they stay as they were."""
+    market, x, y = problem()
+    frozen = next(p for p in market.specs[0].parameters() if p.dim() == 2)
+    frozen.requires_grad_(False)
+    market = Market(market.specs, vendors=[4, 4])
+    kept = frozen.clone()
+    opt = torch.optim.Adam([p for p in market.parameters() if p.requires_grad], lr=0.01)
+    estimator = ForwardGradient(market, opt, probe_width=0.05, seed=1)
+    before = full_loss(market, x, y)
+    for _ in range(20):
+        estimator.backward(*losses_of(market, estimator.vendors, x, y))
+        opt.step()
+    assert torch.equal(frozen, kept) and full_loss(market, x, y) < before
+    missing = torch.optim.SGD([p for p in market.specs[1].parameters()], lr=0.1)
+    with pytest.raises(MarketplaceError, match="spec 0 has parameters the optimizer does not hold"):
+        ForwardGradient(market, missing)

@@ -38,15 +38,16 @@ def check_market(market: Any) -> Market:
 
 
 def spec_groups(market: Market, optimizer: torch.optim.Optimizer) -> list[int]:
-    """The index of the optimizer's param group that holds each spec's parameters.
+    """The index of the optimizer's param group that holds each spec's trainable parameters.
 
     A spec's probe width follows one learning rate, so all its parameters
-    must sit in one group.
+    must sit in one group. Frozen ones (requires_grad=False) are never
+    perturbed: the optimizer may hold them or not.
     """
     where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
     groups = []
     for k, spec in enumerate(market.specs):
-        found = {where.get(id(p)) for p in spec.parameters()}
+        found = {where.get(id(p)) for p in spec.parameters() if p.requires_grad}
         if None in found:
             raise MarketplaceError(f"spec {k} has parameters the optimizer does not hold")
         if len(found) > 1:
