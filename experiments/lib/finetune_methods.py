@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from marketplace import V2, Market, path_losses
+from marketplace.optim import ForwardGradient, TorchMarketOptimizer
 from marketplace.diagnostics import peak_tensor_bytes
 from marketplace.specs import freeze_all_but_biases_norms_and_head
 from marketplace.training import accuracy, batch_indices
@@ -30,8 +31,10 @@ from experiments.lib.finetune_models import load_specs
 PARTIAL = "v2-partial"  # dense vendors over the biases, the norms and the head only; the rest frozen
 ENDS = "v2-ends"  # the same and the first layer, where a change of the input meets the model
 TAIL = "v2-tail"  # the same and the whole spec before the head, where a new class's features form
+PARTIAL_ADAM = "v2-partial-adam"  # the partial market's estimate stepped by Adam (the torch.optim bridge)
 TRAINABLE = {PARTIAL: "biases, norms and the head", ENDS: "biases, norms, the first layer and the head",
-             TAIL: "biases, norms, the spec before the head and the head"}
+             TAIL: "biases, norms, the spec before the head and the head",
+             PARTIAL_ADAM: "biases, norms and the head"}
 
 
 def rank_of(method: str) -> int | None:
@@ -54,9 +57,20 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
         common["lr_decay"] = args.lr_decay
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
+    if method == PARTIAL_ADAM:
+        return {**common, "optimizer": "v2-estimate+adam", "lr": args.estimate_adam_lr,
+                "probe_width": probe_width(method, args), "batch": args.market_batch, "vendors": args.vendor_counts,
+                "rank": 0, "trainable": TRAINABLE[method]}
     return {**common, "optimizer": "v2", "lr": v2_rate(method, args), "probe_scale": args.probe_scale,
             "batch": args.market_batch, "vendors": args.vendor_counts, "rank": rank_of(method),
             **({"trainable": TRAINABLE[method]} if method in TRAINABLE else {})}
+
+
+def probe_width(method: str, args) -> list[float]:
+    """The widths V2 would start with (its rate x the probe scale): Adam's rate is no step length to follow."""
+    rate = v2_rate(method, args)
+    rates = rate if isinstance(rate, (list, tuple)) else [rate] * len(args.vendor_counts)
+    return [r * args.probe_scale for r in rates]
 
 
 def decayed(fraction: float, decay: float) -> float:
@@ -89,6 +103,26 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     if method == TAIL:
         specs[-2].requires_grad_(True)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
+    extra = {"paths": market.num_paths, "lowrank": lowrank_coverage(market),
+             "perturbed_parameters": sum(lay.numel for lay in market.layouts),
+             "frozen_parameters": market.frozen_parameters}
+    if method == PARTIAL_ADAM:
+        # V2's unit direction per spec as the gradient; Adam gives each number its own step length, so a
+        # consistent pull (the stem norm's scales crossing zero) moves at Adam's rate however small its share
+        # of the spec's direction. The probes keep V2's starting width and decay with the rate.
+        adam = torch.optim.Adam(market.parameters(), lr=args.estimate_adam_lr)
+        widths = probe_width(method, args)
+        estimator = ForwardGradient(market, adam, probe_width=widths, seed=args.seed)
+        bridge = TorchMarketOptimizer(estimator, adam)
+
+        def step(x, y, scale=1.0):
+            for group in adam.param_groups:
+                group["lr"] = args.estimate_adam_lr * scale
+            estimator.probe_width = [w * scale for w in widths]
+            out = market.evaluate(x, bridge.vendors)
+            bridge.step(path_losses(out.products, y), out.paths)
+
+        return step, market, extra
     rate = v2_rate(method, args)
     opt = V2(market, lr=rate, probe_scale=args.probe_scale, seed=args.seed)
 
@@ -99,9 +133,7 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
         out = market.evaluate(x, opt.vendors)
         opt.step(path_losses(out.products, y), out.paths)
 
-    return step, market, {"paths": market.num_paths, "lowrank": lowrank_coverage(market),
-                          "perturbed_parameters": sum(lay.numel for lay in market.layouts),
-                          "frozen_parameters": market.frozen_parameters}
+    return step, market, extra
 
 
 def first_layer(spec: nn.Module) -> nn.Module:

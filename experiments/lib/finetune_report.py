@@ -51,6 +51,9 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         "perturbs only the biases, the norms and the head, v2-ends those and the first layer, v2-tail those and "
         "the spec before the head), probe scale "
         f"{args.probe_scale:g}."
+        + (f" v2-partial-adam: the partial market's estimate stepped by Adam lr {args.estimate_adam_lr:g}, "
+           "probes as wide as v2-partial's at its start." if any(r["method"] == "v2-partial-adam" for r in rows)
+           else "")
         + (f" Every rate falls geometrically over the {args.seconds:g} s to {args.lr_decay:g} of its start."
            if args.lr_decay != 1 else "")
         + " Gain: after - before; "

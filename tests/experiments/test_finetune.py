@@ -123,3 +123,30 @@ def test_a_rate_per_spec_reaches_the_optimizer_and_a_wrong_count_is_refused():
                                       zip(params, before[i:i + len(params)])]).norm()))
         i += len(params)
     assert moved == pytest.approx([0.2, 0.15, 0.1, 0.05], rel=1e-4)  # each spec's rate, times the decay's 0.5
+
+
+def test_adam_over_the_partial_estimate_moves_only_the_partial_numbers_each_by_its_rate():
+    from types import SimpleNamespace
+
+    from experiments.finetune import parse, plan
+
+    assert all(m != "v2-partial-adam" for _, m in plan(parse([])))  # a screen: not in the study
+    assert plan(parse(["--methods", "v2-partial-adam"])) == [("ten-classes", "v2-partial-adam"),
+                                                            ("inverted", "v2-partial-adam")]
+
+    from experiments.lib.finetune_methods import build_method
+    from experiments.lib.finetune_models import build_base
+
+    args = SimpleNamespace(vendor_counts=[2, 2, 2, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0,
+                           estimate_adam_lr=0.01)
+    step, market, extra = build_method("v2-partial-adam", build_base("resnet", 0)[1](), args)
+    partial = build_method("v2-partial", build_base("resnet", 0)[1](), args)[2]
+    assert extra["perturbed_parameters"] == partial["perturbed_parameters"]
+    before = {n: p.detach().clone() for n, p in market.named_parameters()}
+    step(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]), 0.5)
+    for name, p in market.named_parameters():
+        change = (p.detach() - before[name]).abs()
+        if p.requires_grad:  # Adam's first step: every number with a nonzero estimate moves by its rate
+            assert change.max() == pytest.approx(0.005, rel=1e-3), name
+        else:
+            assert change.max() == 0, name
