@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from marketplace import V2, Market, path_losses
-from marketplace.optim import ForwardGradient, TorchMarketOptimizer
 from marketplace.diagnostics import peak_tensor_bytes
+from marketplace.optim import ForwardGradient, TorchMarketOptimizer
 from marketplace.specs import freeze_all_but_biases_norms_and_head
 from marketplace.training import accuracy, batch_indices
 
@@ -107,9 +107,10 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
              "perturbed_parameters": sum(lay.numel for lay in market.layouts),
              "frozen_parameters": market.frozen_parameters}
     if method == PARTIAL_ADAM:
-        # V2's unit direction per spec as the gradient; Adam gives each number its own step length, so a
-        # consistent pull (the stem norm's scales crossing zero) moves at Adam's rate however small its share
-        # of the spec's direction. The probes keep V2's starting width and decay with the rate.
+        # V2's unit direction per spec as the gradient. Adam gives each number its own step length, so a
+        # consistent pull (the stem norm's scales crossing zero) would move at Adam's rate however small its
+        # share of the spec's direction; the screens found the noise amplified as much. The probes keep V2's
+        # starting width and decay with the rate.
         adam = torch.optim.Adam(market.parameters(), lr=args.estimate_adam_lr)
         widths = probe_width(method, args)
         estimator = ForwardGradient(market, adam, probe_width=widths, seed=args.seed)
