@@ -39,19 +39,20 @@ frozen (requires_grad=False), at --partial-lr; `v2-ends`: the same and the
 model's first layer too, where a change of the input meets the model;
 `v2-tail`: the same and the whole spec before the head, where the features
 a new class needs would form. A screen, run only when --methods names it
-(ResNet tasks): `v2-partial-adam`, the partial market's
-estimate (V2's unit direction per spec) stepped by Adam at
---estimate-adam-lr through the torch.optim bridge, its probes as wide as
-V2's at its starting rate, both decaying with --lr-decay.
+(ResNet tasks): `v2-partial-adam`, the partial market's estimate (V2's
+unit direction per spec) stepped by Adam at --estimate-adam-lr through the
+torch.optim bridge, its probes as wide as V2's at its starting rate, both
+decaying with --lr-decay.
 The defaults come from screens (results/finetune/screen/): a 2x2x2x16
 market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
 8 times per step whatever the head's count) and sixteen of them add about
 three points to whole-model V2 on both ResNet tasks; lr 0.3 for every V2
 method (on inverted images `--partial-lr 1.0,0.3,0.3,0.3`, the first spec
 faster, does better, and worse on the ten-class task, so the default
-stays one rate); and rates that fall over the budget (--lr-decay 0.1). `--lr-decay
-F` makes every method's rate (Adam's too) fall geometrically with the
-training seconds spent, to F times its start at the end of --seconds.
+stays one rate); and rates that fall over the budget (--lr-decay 0.1).
+`--lr-decay F` makes every method's rate (Adam's too) fall geometrically
+with the training seconds spent, to F times its start at the end of
+--seconds.
 Low rank factors only Linear, Conv2d (groups=1) and Embedding weights; attention's projections live inside
 `nn.MultiheadAttention`, which reads them itself, so they stay dense (the
 JSON lists, per spec, the share of parameters that is factored). Under the

@@ -129,14 +129,12 @@ def test_adam_over_the_partial_estimate_moves_only_the_partial_numbers_each_by_i
     from types import SimpleNamespace
 
     from experiments.finetune import parse, plan
+    from experiments.lib.finetune_methods import build_method
+    from experiments.lib.finetune_models import build_base
 
     assert all(m != "v2-partial-adam" for _, m in plan(parse([])))  # a screen: not in the study
     assert plan(parse(["--methods", "v2-partial-adam"])) == [("ten-classes", "v2-partial-adam"),
                                                             ("inverted", "v2-partial-adam")]
-
-    from experiments.lib.finetune_methods import build_method
-    from experiments.lib.finetune_models import build_base
-
     args = SimpleNamespace(vendor_counts=[2, 2, 2, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0,
                            estimate_adam_lr=0.01)
     step, market, extra = build_method("v2-partial-adam", build_base("resnet", 0)[1](), args)

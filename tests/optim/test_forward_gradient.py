@@ -175,5 +175,5 @@ def test_an_optimizer_over_the_trainable_parameters_only():
         opt.step()
     assert torch.equal(frozen, kept) and full_loss(market, x, y) < before
     missing = torch.optim.SGD([p for p in market.specs[1].parameters()], lr=0.1)
-    with pytest.raises(MarketplaceError, match="spec 0 has parameters the optimizer does not hold"):
+    with pytest.raises(MarketplaceError, match="spec 0 has trainable parameters the optimizer does not hold"):
         ForwardGradient(market, missing)

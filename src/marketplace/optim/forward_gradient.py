@@ -49,7 +49,7 @@ def spec_groups(market: Market, optimizer: torch.optim.Optimizer) -> list[int]:
     for k, spec in enumerate(market.specs):
         found = {where.get(id(p)) for p in spec.parameters() if p.requires_grad}
         if None in found:
-            raise MarketplaceError(f"spec {k} has parameters the optimizer does not hold")
+            raise MarketplaceError(f"spec {k} has trainable parameters the optimizer does not hold")
         if len(found) > 1:
             raise MarketplaceError(f"spec {k}'s parameters are split over param groups {sorted(found)}: "
                                    "its probe width follows one learning rate")
