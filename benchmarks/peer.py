@@ -12,9 +12,9 @@ parameters, its population evaluated in one batched computation (vmap over
 `functional_call`, as the market evaluates its vendors). Our side: V2 with
 the CLI defaults (`--vendors 4,4,4` with `--cheap-vendors 0.1`, which
 trains 4x4x64: 64 vendors on the cheap last spec at half the rate; batch
-128, lr 0.15, 0.15, 0.075, probe scale 0.03; the committed peer_cpu.* ran
-when the head had the full 0.15, and peer_4x4x32_cpu.* before that, with
-`--cheap-vendors 0.05`, 4x4x32) and V2 with the published rates (lr 0.1,
+128, lr 0.15, 0.15, 0.075, probe scale 0.03, as in peer_head_half_cpu.*;
+the committed peer_cpu.* ran when the head had the full 0.15, and
+peer_4x4x32_cpu.* before that, with `--cheap-vendors 0.05`, 4x4x32) and V2 with the published rates (lr 0.1,
 probe scale 0.1) on a 4x4x4 market.
 
 Fairness on a shared machine: the methods run in one process, interleaved
