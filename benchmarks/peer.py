@@ -14,8 +14,8 @@ the CLI defaults (`--vendors 4,4,4` with `--cheap-vendors 0.1`, which
 trains 4x4x64: 64 vendors on the cheap last spec at half the rate; batch
 128, lr 0.15, 0.15, 0.075, probe scale 0.03, as in peer_head_half_cpu.*;
 the committed peer_cpu.* ran when the head had the full 0.15, and
-peer_4x4x32_cpu.* before that, with `--cheap-vendors 0.05`, 4x4x32) and V2 with the published rates (lr 0.1,
-probe scale 0.1) on a 4x4x4 market.
+peer_4x4x32_cpu.* before that, with `--cheap-vendors 0.05`, 4x4x32) and V2
+with the published rates (lr 0.1, probe scale 0.1) on a 4x4x4 market.
 
 Fairness on a shared machine: the methods run in one process, interleaved
 step by step (the one with the least training time so far goes next), so
@@ -41,10 +41,12 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
 from marketplace import V2, Market, beautiful_mnist, data, path_losses
+from marketplace.defaults import DEFAULT_LR
 from marketplace.io import write_atomic
 from marketplace.machine import machine_summary
 from marketplace.market import SpecLayout
 from marketplace.training import batch_indices
+from marketplace.training.cheap_vendors import raised_rates
 
 RESULTS = Path(__file__).resolve().parent / "results"  # the committed tuning, read for the best setting
 RUNS = Path("runs") / "bench"  # default output: never over the committed results
@@ -248,7 +250,8 @@ def main(argv=None) -> dict:
             setting = (best["popsize"], best["max_speed"], best["stdev_init"], best["batch"])
         else:
             setting = TUNING[0]
-        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64), lr=[0.15, 0.15, 0.075]),
+        cli_rates = raised_rates(DEFAULT_LR["v2"], (4, 4, 4), (4, 4, 64))  # the CLI's: the raised head at half
+        methods = [MarketMethod("V2 4x4x64 (CLI defaults)", args.seed, vendors=(4, 4, 64), lr=cli_rates),
                    MarketMethod("V2 4x4x4 (published rates)", args.seed, lr=0.1, probe_scale=0.1),
                    pgpe(setting, args.seed)]
         out = Path(args.out) if args.out else RUNS / "peer_cpu.json"

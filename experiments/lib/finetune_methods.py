@@ -22,6 +22,7 @@ from torch import nn
 from marketplace import V2, Market, path_losses
 from marketplace.diagnostics import peak_tensor_bytes
 from marketplace.optim import ForwardGradient, TorchMarketOptimizer
+from marketplace.optim.checks import check_per_spec
 from marketplace.specs import freeze_all_but_biases_norms_and_head
 from marketplace.training import accuracy, batch_indices
 
@@ -68,8 +69,7 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
 
 def probe_width(method: str, args) -> list[float]:
     """The widths V2 would start with (its rate x the probe scale): Adam's rate is no step length to follow."""
-    rate = v2_rate(method, args)
-    rates = rate if isinstance(rate, (list, tuple)) else [rate] * len(args.vendor_counts)
+    rates = check_per_spec("rate", v2_rate(method, args), len(args.vendor_counts), "rates")
     return [r * args.probe_scale for r in rates]
 
 
