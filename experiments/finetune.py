@@ -38,11 +38,13 @@ vendors over the biases, the norms and the head only, every other weight
 frozen (requires_grad=False), at --partial-lr; `v2-ends`: the same and the
 model's first layer too, where a change of the input meets the model;
 `v2-tail`: the same and the whole spec before the head, where the features
-a new class needs would form. A screen, run only when --methods names it
-(ResNet tasks): `v2-partial-adam`, the partial market's estimate (V2's
+a new class needs would form. Two screens, run only when --methods names
+them (ResNet tasks): `v2-partial-adam`, the partial market's estimate (V2's
 unit direction per spec) stepped by Adam at --estimate-adam-lr through the
 torch.optim bridge, its probes as wide as V2's at its starting rate, both
-decaying with --lr-decay.
+decaying with --lr-decay; and `backprop-partial`, Adam on the numbers the
+partial market perturbs (the rest frozen), a control for how much of
+backprop's gain those numbers can hold at all.
 The defaults come from screens (results/finetune/screen/): a 2x2x2x16
 market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
 8 times per step whatever the head's count) and sixteen of them add about

@@ -33,14 +33,15 @@ PARTIAL = "v2-partial"  # dense vendors over the biases, the norms and the head 
 ENDS = "v2-ends"  # the same and the first layer, where a change of the input meets the model
 TAIL = "v2-tail"  # the same and the whole spec before the head, where a new class's features form
 PARTIAL_ADAM = "v2-partial-adam"  # the partial market's estimate stepped by Adam (the torch.optim bridge)
+BACKPROP_PARTIAL = "backprop-partial"  # Adam on the partial market's numbers only: what those numbers can hold
 TRAINABLE = {PARTIAL: "biases, norms and the head", ENDS: "biases, norms, the first layer and the head",
              TAIL: "biases, norms, the spec before the head and the head",
-             PARTIAL_ADAM: "biases, norms and the head"}
+             PARTIAL_ADAM: "biases, norms and the head", BACKPROP_PARTIAL: "biases, norms and the head"}
 
 
 def rank_of(method: str) -> int | None:
     """None for backprop, 0 for dense vendors, r for rank-r vendors."""
-    if method == "backprop":
+    if method in ("backprop", BACKPROP_PARTIAL):
         return None
     return 0 if method in ("v2-dense", *TRAINABLE) else int(method.removeprefix("v2-rank"))
 
@@ -58,6 +59,9 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
         common["lr_decay"] = args.lr_decay
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
+    if method == BACKPROP_PARTIAL:
+        return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch,
+                "trainable": TRAINABLE[method]}
     if method == PARTIAL_ADAM:
         return {**common, "optimizer": "v2-estimate+adam", "lr": args.estimate_adam_lr,
                 "probe_width": probe_width(method, args), "batch": args.market_batch, "vendors": args.vendor_counts,
@@ -84,9 +88,11 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
     scale multiplies the method's starting rate (the time-based decay of --lr-decay).
     """
     rank = rank_of(method)
+    if method in TRAINABLE:
+        freeze_all_but_biases_norms_and_head(specs)
     if rank is None:
         model = nn.Sequential(*specs).train()
-        opt = torch.optim.Adam(model.parameters(), lr=args.adam_lr)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.adam_lr)
 
         def step(x, y, scale=1.0):
             for group in opt.param_groups:
@@ -95,9 +101,8 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
             F.cross_entropy(model(x), y).backward()
             opt.step()
 
-        return step, model, {}
-    if method in TRAINABLE:
-        freeze_all_but_biases_norms_and_head(specs)
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return step, model, {} if method == "backprop" else {"trained_parameters": trained}
     if method == ENDS:
         first_layer(specs[0]).requires_grad_(True)
     if method == TAIL:

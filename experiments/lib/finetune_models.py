@@ -39,10 +39,10 @@ class Task:
 TASKS: dict[str, Task] = {
     "ten-classes": Task("resnet", "fashion-mnist", tuple(range(10)), False,
                         ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends", "v2-tail"),
-                        "ResNet-8, Fashion-MNIST: all ten classes", screens=("v2-partial-adam",)),
+                        "ResNet-8, Fashion-MNIST: all ten classes", screens=("v2-partial-adam", "backprop-partial")),
     "inverted": Task("resnet", "fashion-mnist", tuple(range(9)), True,
                      ("backprop", "v2-dense", "v2-rank1", "v2-rank4", "v2-partial", "v2-ends", "v2-tail"),
-                     "ResNet-8, Fashion-MNIST 0-8 inverted", screens=("v2-partial-adam",)),
+                     "ResNet-8, Fashion-MNIST 0-8 inverted", screens=("v2-partial-adam", "backprop-partial")),
     "transformer-inverted": Task("transformer", "mnist", tuple(range(10)), True,
                                  ("backprop", "v2-dense", "v2-rank1", "v2-partial", "v2-ends", "v2-tail"),
                                  "Transformer, MNIST inverted"),

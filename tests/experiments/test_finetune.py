@@ -148,3 +148,23 @@ def test_adam_over_the_partial_estimate_moves_only_the_partial_numbers_each_by_i
             assert change.max() == pytest.approx(0.005, rel=1e-3), name
         else:
             assert change.max() == 0, name
+
+
+def test_backprop_over_the_partial_numbers_trains_what_the_partial_market_perturbs_and_nothing_else():
+    from types import SimpleNamespace
+
+    from experiments.finetune import parse, plan
+    from experiments.lib.finetune_methods import build_method, run_settings
+    from experiments.lib.finetune_models import build_base
+
+    assert all(m != "backprop-partial" for _, m in plan(parse([])))  # a screen: not in the study
+    args = SimpleNamespace(vendor_counts=[2, 2, 2, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0,
+                           adam_lr=1e-3, batch=4, seconds=1.0, evals=1, test_images=10, threads=1, lr_decay=1.0)
+    assert run_settings("inverted", "backprop-partial", {}, args)["trainable"] == "biases, norms and the head"
+    step, model, extra = build_method("backprop-partial", build_base("resnet", 0)[1](), args)
+    partial = build_method("v2-partial", build_base("resnet", 0)[1](), args)[2]
+    assert extra["trained_parameters"] == partial["perturbed_parameters"]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    step(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved == {n for n, p in model.named_parameters() if p.requires_grad}
