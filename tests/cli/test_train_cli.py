@@ -43,13 +43,15 @@ def test_train_with_a_single_spec_and_progress_bar(monkeypatch, capsys, small_da
     assert "test accuracy" in err  # the bar's closing line goes to stderr, not into the JSON on stdout
 
 
-def test_checkpoint_then_evaluate_reports_the_same_accuracy(monkeypatch, capsys, small_data, tmp_path):
+@pytest.mark.parametrize("average", [[], ["--average", "2"]], ids=["weights", "averaged-weights"])
+def test_checkpoint_then_evaluate_reports_the_same_accuracy(monkeypatch, capsys, small_data, tmp_path, average):
     ckpt = tmp_path / "run.safetensors"
     log = tmp_path / "run.jsonl"
     code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2", *TINY, "--json",
-                             "--checkpoint", ckpt, "--log", log, "--data-dir", small_data)
+                             "--checkpoint", ckpt, "--log", log, "--data-dir", small_data, *average)
     assert code == 0, err
     trained = last_json(out)
+    assert ("weights averaged over about 2 steps" in err) == bool(average)
     assert ckpt.is_file()
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert events[0] == "start" and events[-1] == "end"
@@ -123,6 +125,7 @@ def test_the_stabilised_adaptive_rate_reaches_the_optimizer(monkeypatch, capsys,
         pytest.param(["train", "--algorithm", "adaptive", "--rate-smoothing", "1", "--steps", "1"],
                      ["--rate-smoothing"], id="rate-smoothing-one"),
         pytest.param(["train", "--rate-bounds", "0.5,2", "--steps", "1"], ["adaptive only"], id="rate-bounds-on-v2"),
+        pytest.param(["train", "--average", "1", "--steps", "1"], ["--average", ">= 2"], id="average-one-step"),
         pytest.param(["train", "--lr", "0.1,0.1", "--steps", "1"], ["--lr", "2 rates for 3 specs"], id="lr-per-spec-count"),
         pytest.param(["train", "--lr", "0.1,x,0.1", "--steps", "1"], ["--lr"], id="lr-not-numbers"),
         pytest.param(["train", "--lr", "0.1,0,0.1", "--steps", "1"], ["--lr"], id="lr-per-spec-zero"),

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from marketplace.continual.config import ContinualConfig
-from marketplace.continual.experiment import AVERAGE, ContinualRun, run_experiment
+from marketplace.continual.experiment import ContinualRun, run_experiment
 from marketplace.continual.report import plot_log, read_log
 from marketplace.training import JsonLog, load_checkpoint
+from marketplace.training.averaging import AVERAGE
 
 from test_continual_resume import base, config as resume_config  # noqa: F401 (base: the fixture)
 

@@ -61,6 +61,8 @@ def train(
     clip: Optional[float] = option(D, "clip", "v2: clip the estimate's global norm"),
     rank: int = option(D, "rank", "vendors of Linear/Conv2d/Embedding weights as rank-R products from their seeds "
                        "(0 = dense)"),
+    average: Optional[int] = option(D, "average", "score and save the weights averaged over about N steps (an "
+                                    "exponential moving average; the market steps from its own weights)"),
     steps: Optional[int] = opt.steps(D),
     max_seconds: Optional[float] = opt.max_seconds(D),
     seed: int = opt.seed(D),
@@ -118,7 +120,7 @@ def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, pro
                  rate_smoothing, cheap_vendors, optimizer, momentum, nesterov, weight_decay, schedule, schedule_steps,
                  warmup, min_lr, probe_width, attribution, direction, antithetic, clip, steps, max_seconds, seed,
                  device, eval_every, eval_samples, checkpoint, checkpoint_every, resume, on_nonfinite,
-                 regenerate_deltas, data_dir, model, split, data_file, rank=0, **reporting):
+                 regenerate_deltas, data_dir, model, split, data_file, rank=0, average=None, **reporting):
     """The TrainConfig of `train`'s options: the one place they become a config (`train-distributed` uses it too).
 
     reporting: how the command reports (--log, --json, --quiet), not what it trains.
@@ -135,7 +137,7 @@ def train_config(*, dataset, algorithm, vendors, sampling, batch, lr, decay, pro
         cheap_vendors=cheap_vendors, optimizer=optimizer, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, schedule=schedule, schedule_steps=schedule_steps, warmup=warmup, min_lr=min_lr,
         probe_width=probe_width, attribution=attribution, direction=direction, antithetic=antithetic, clip=clip,
-        rank=rank,
+        rank=rank, average=average,
     )
 
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import CheckpointError, MarketplaceError
 from ..machine import machine_name, resolve_device
@@ -39,6 +38,7 @@ from ..optim import V2
 from ..rng import derive_seeds
 from ..specs import freeze_all_but_biases_norms_and_head
 from ..training import Hook, accuracy, load_checkpoint, save_checkpoint
+from ..training.averaging import average_state, pop_average, weight_average
 from . import dress, dress_class10, nine
 from .config import ContinualConfig, scheduled_rate
 from .learner import ContinualLearner
@@ -67,7 +67,6 @@ def validate(market: Market, data: ContinualData, old_samples: int | None = None
             "val_new_accuracy": new_acc, "val_new_loss": new_loss}
 
 
-AVERAGE = "average/"  # the averaged weights' keys in a run's checkpoint
 
 
 def _flat(state: dict[str, Any]) -> dict[str, Any]:
@@ -99,11 +98,7 @@ class ContinualRun:
         self.learner = ContinualLearner(optimizer, records=records, outliers=config.outliers,
                                         path_seed=config.seed, balanced=config.balanced,
                                         baseline=config.baseline, mirrored=config.mirrored)
-        self.averaged = None
-        if config.average is not None:
-            self.averaged = AveragedModel(self.market, multi_avg_fn=get_ema_multi_avg_fn(1.0 - 1.0 / config.average),
-                                          use_buffers=True)
-            self.averaged.update_parameters(self.market)  # a first update copies: the average starts at the base
+        self.averaged = weight_average(self.market, config.average) if config.average is not None else None
         self.augmenter = torch.Generator().manual_seed(int(derive_seeds(config.seed, STREAM_AUGMENT)[0]) & (2**63 - 1))
         self.step, self.seconds, self.eval_seconds, self.start_val = 0, 0.0, 0.0, None
         if config.resume:
@@ -119,7 +114,7 @@ class ContinualRun:
         state = _flat(self.learner.state_dict())
         state["augmenter"] = self.augmenter.get_state()
         if self.averaged is not None:
-            state.update({f"{AVERAGE}{k}": v for k, v in _flat(self.averaged.state_dict()).items()})
+            state.update(average_state(self.averaged))
         save_checkpoint(self.config.save, self.market.state_dict(), state, meta)
 
     def _restore(self) -> None:
@@ -138,9 +133,9 @@ class ContinualRun:
         self.market.load_state_dict({k: v.to(self.device) for k, v in ckpt.model.items()})
         state = dict(ckpt.optimizer)
         self.augmenter.set_state(state.pop("augmenter"))
-        averaged = {k[len(AVERAGE):]: state.pop(k) for k in list(state) if k.startswith(AVERAGE)}
+        averaged = pop_average(state)
         if self.averaged is not None:
-            self.averaged.load_state_dict({k: v.to(self.device) for k, v in _unflat(averaged).items()})
+            self.averaged.load_state_dict({k: v.to(self.device) for k, v in averaged.items()})
         self.learner.load_state_dict(_unflat(state))
         self.step, self.seconds = int(ckpt.meta["step"]), float(ckpt.meta["seconds"])
         self.eval_seconds, self.start_val, self.meta = (float(ckpt.meta["eval_seconds"]), ckpt.meta["start_val"],

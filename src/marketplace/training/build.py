@@ -16,6 +16,7 @@ from ..market import Market
 from ..models import build_model, canonical_source, is_factory_source
 from ..norms import norm_layer
 from ..optim import OPTIMIZERS, ForwardGradient, MarketOptimizerProtocol, TorchMarketOptimizer
+from .averaging import averaged_weights
 from .checkpoint import Checkpoint
 from .cheap_vendors import market_vendors, raised_rates
 from .config import TrainConfig
@@ -67,7 +68,9 @@ def model_record(config: TrainConfig, input_shape: Sequence[int], classes: int) 
 
 
 def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) -> Market:
-    """The market a `marketplace train` checkpoint was saved from, with its weights.
+    """The market a `marketplace train` checkpoint was saved from, with the weights the run scored.
+
+    Those are the averaged weights of a run with `average`, else the market's.
 
     A preset or a user's factory is rebuilt from the checkpoint's model record
     (checkpoints without one hold the beautiful-MNIST CNN).
@@ -82,7 +85,7 @@ def market_from_checkpoint(ckpt: Checkpoint, path: str, device: torch.device) ->
                          rank=int(saved.get("rank", 0)))
     market = build_market(config, device, tuple(record.get("input_shape", (1, 28, 28))), record.get("classes", 10))
     try:
-        market.load_state_dict(ckpt.model)
+        market.load_state_dict(averaged_weights(ckpt.optimizer) or ckpt.model)
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not hold the {config.model} market it names: "
                               f"{str(e).splitlines()[0]}") from e

@@ -20,7 +20,7 @@ from .schedules import OPTIMIZER_NAMES, SCHEDULE_NAMES
 RESUME_FIXED = ("dataset", "data", "model", "split", "norm", "seed", "algorithm", "vendors", "sampling",
                 "cheap_vendors", "batch", "lr", "decay", "probe_scale", "per_spec", "meta_lr", "rate_bounds",
                 "rate_smoothing", "optimizer", "momentum", "nesterov", "weight_decay", "schedule", "warmup",
-                "min_lr", "probe_width", "attribution", "direction", "antithetic", "clip", "rank")
+                "min_lr", "probe_width", "attribution", "direction", "antithetic", "clip", "rank", "average")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class TrainConfig:
     antithetic: bool = False
     clip: float | None = None
     rank: int = 0  # 0: dense vendors; r: rank-r vendors of Linear/Conv2d/Embedding weights (lowrank.py)
+    average: int | None = None  # evaluate and save the weights averaged over about this many steps (averaging.py)
 
     def torch_options_used(self) -> bool:
         """Whether this v2 run needs the torch.optim path (anything but plain SGD on V2's estimate)."""
@@ -127,6 +128,8 @@ class TrainConfig:
         if self.resume and not self.checkpoint:
             raise checks.fail("resume needs a checkpoint path", "resume", "checkpoint")
         checks.known("norm", self.norm, NORM_NAMES)
+        if self.average is not None:
+            checks.at_least("average", self.average, 2)
         for name in ("eval_every", "log_every", "checkpoint_every", "eval_samples"):
             checks.at_least(name, getattr(self, name), 1)
         if not self.model:

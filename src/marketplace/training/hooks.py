@@ -55,12 +55,15 @@ def market_line(config: TrainConfig, market, start_step: int = 0) -> str:
     text += f"{config.algorithm} on {config.data or config.dataset}" + (f", {where}" if where is not None else "")
     frozen = getattr(market, "frozen_parameters", 0)
     text += f", {frozen:,} parameters frozen" if frozen else ""
+    text += f", scoring the weights averaged over about {config.average:,} steps" if config.average else ""
     return text + (f", resumed at step {start_step}" if start_step else "")
 
 
 def final_line(summary: dict[str, Any]) -> str:
     """`test accuracy 97.10% after 1000 steps in 60.2 s on cpu`: the run's result in one line."""
-    return (f"test accuracy {summary['test_accuracy']:.2f}% after {summary['steps']} steps "
+    averaged = summary.get("averaged_over_steps")
+    weights = f" (weights averaged over about {averaged:,} steps)" if averaged else ""
+    return (f"test accuracy {summary['test_accuracy']:.2f}%{weights} after {summary['steps']} steps "
             f"in {summary['seconds']:.1f} s on {summary['device']}")
 
 

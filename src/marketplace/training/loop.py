@@ -24,6 +24,7 @@ from ..functional import path_losses
 from ..machine import resolve_device
 from ..rng import derive_seeds
 from ..vendors import BATCH_STREAM, Vendors
+from .averaging import average_state, pop_average, weight_average
 from .build import build_market, build_optimizer, data_shape, load_training_data, model_record
 from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -132,11 +133,17 @@ class Trainer:
         self.x_test_full, self.y_test_full = x_test, y_test
         self.optimizer = build_optimizer(cfg, self.market)
         self.axis.check(self.optimizer, cfg.batch)
+        self.averaged = weight_average(self.market, cfg.average) if cfg.average else None
         self.seconds_before = 0.0  # training time of earlier runs resumed from
         self.test_accuracy: float | None = None
         if cfg.resume and cfg.checkpoint:
             self.load(cfg.checkpoint, missing_ok=True)
         check_same_weights(self.market, self.comm, self.optimizer.steps)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The weights a run scores and inference loads: the average when one is kept, else the market's."""
+        return self.market if self.averaged is None else self.averaged.module
 
     # -- checkpoints: rank 0 reads and writes them -------------------------------
 
@@ -146,7 +153,10 @@ class Trainer:
         if self.distributed:
             meta["distributed"] = {"axis": self.axis.name, "backend": self.comm.backend, "timeout": self.comm.timeout,
                                    "check_every": self.check_every, "world_size": self.comm.world_size}
-        save_checkpoint(path, self.market.state_dict(), self.optimizer.state_dict(), meta)
+        optimizer = self.optimizer.state_dict()
+        if self.averaged is not None:
+            optimizer = {**optimizer, **average_state(self.averaged)}
+        save_checkpoint(path, self.market.state_dict(), optimizer, meta)
 
     def load(self, path: str, missing_ok: bool = False) -> bool:
         """Continue the run saved at `path`; False when missing_ok and there is no file yet.
@@ -175,7 +185,13 @@ class Trainer:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{path} holds a different model than vendors {list(self.config.vendors)}: "
                                   f"{first}", fields=("vendors",)) from e
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = dict(state["optimizer"])
+        averaged = pop_average(optimizer)
+        self.optimizer.load_state_dict(optimizer)
+        if self.averaged is not None:  # a checkpoint from before the average was kept: it starts at the weights
+            self.averaged = weight_average(self.market, self.config.average)
+            if averaged:
+                self.averaged.load_state_dict({k: v.to(self.device) for k, v in averaged.items()})
         self.seconds_before, self.test_accuracy = state["seconds"], state["test_accuracy"]
         return True
 
@@ -220,12 +236,14 @@ class Trainer:
             step = opt.steps
             x, y = self.batch(step)
             result, products = self.step(x, y)
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.market)
             metrics: dict[str, Any] = {}
             if self.hooks and ((step + 1) % cfg.log_every == 0 or step == 0):
                 metrics = leader_metrics(result.losses, result.paths, products, y)
             done = self._done(elapsed())
             if opt.steps % cfg.eval_every == 0 and not done:  # the last one is on the full test set
-                self.test_accuracy, test_loss = accuracy(self.market, self.x_test, self.y_test, comm=comm)
+                self.test_accuracy, test_loss = accuracy(self.evaluated, self.x_test, self.y_test, comm=comm)
                 metrics.update(test_accuracy=self.test_accuracy, test_loss=test_loss)
             if opt.steps % self.check_every == 0 and not done:
                 check_same_weights(self.market, comm, opt.steps)
@@ -236,7 +254,7 @@ class Trainer:
                 self._checkpoint(elapsed())
         seconds = elapsed()
         check_same_weights(self.market, comm, opt.steps)
-        self.test_accuracy, test_loss = accuracy(self.market, self.x_test_full, self.y_test_full, comm=comm)
+        self.test_accuracy, test_loss = accuracy(self.evaluated, self.x_test_full, self.y_test_full, comm=comm)
         if cfg.checkpoint:
             self._checkpoint(seconds)
         summary = self.summary(test_loss, seconds, opt.steps - first_step)
@@ -261,6 +279,8 @@ class Trainer:
                "seconds": round(seconds, 3), "skipped_steps": opt.skipped, "dataset": cfg.data or cfg.dataset,
                "model": cfg.model, "algorithm": cfg.algorithm, "vendors": list(self.market.vendor_counts),
                "batch": cfg.batch, "device": str(self.device)}
+        if cfg.average:
+            out["averaged_over_steps"] = cfg.average
         if self.distributed:
             counter = self.comm.counter
             per_step = lambda d: round(d.get("step", 0) / steps_run, 1) if steps_run else 0.0
