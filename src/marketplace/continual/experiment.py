@@ -67,8 +67,6 @@ def validate(market: Market, data: ContinualData, old_samples: int | None = None
             "val_new_accuracy": new_acc, "val_new_loss": new_loss}
 
 
-
-
 def _flat(state: dict[str, Any]) -> dict[str, Any]:
     """Learner state keys without dots (a checkpoint's keys split at the first dot)."""
     return {k.replace(".", "/"): v for k, v in state.items()}

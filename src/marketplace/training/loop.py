@@ -188,7 +188,7 @@ class Trainer:
         optimizer = dict(state["optimizer"])
         averaged = pop_average(optimizer)
         self.optimizer.load_state_dict(optimizer)
-        if self.averaged is not None:  # a checkpoint from before the average was kept: it starts at the weights
+        if self.averaged is not None:  # the saved average, or one starting at the loaded weights (older checkpoints)
             self.averaged = weight_average(self.market, self.config.average)
             if averaged:
                 self.averaged.load_state_dict({k: v.to(self.device) for k, v in averaged.items()})
