@@ -67,6 +67,7 @@ def test_checkpoint_then_evaluate_reports_the_same_accuracy(monkeypatch, capsys,
     code, out, err = run_cli(monkeypatch, capsys, "evaluate", ckpt, "--device", "cpu", "--data-dir", small_data)
     assert code == 0, err
     assert f"{trained['test_accuracy']:.2f}%" in out
+    assert ("weights averaged over about 2 steps" in out) == bool(average)
 
 
 def test_resume_through_the_cli_continues_the_step_count(monkeypatch, capsys, small_data, tmp_path):

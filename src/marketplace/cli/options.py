@@ -127,7 +127,7 @@ def data_dir(config, help: str = "directory with the IDX files (else $MARKETPLAC
     return option(config, "data_dir", help)
 
 
-def eval_every(config, help: str = "steps between test evaluations (base weights)"):
+def eval_every(config, help: str = "steps between test evaluations (base weights, or their --average)"):
     return option(config, "eval_every", help)
 
 

@@ -150,7 +150,7 @@ def evaluate(
     data_dir: Optional[str] = typer.Option(None),
     json_out: bool = typer.Option(False, "--json"),
 ):
-    """Test accuracy of a checkpoint's base weights."""
+    """Test accuracy of a checkpoint's base weights (their average, for a run with --average)."""
     from .. import data
     from ..machine import resolve_device
     from ..training import accuracy, load_checkpoint, market_from_checkpoint
@@ -167,5 +167,8 @@ def evaluate(
         name = dataset or saved.get("dataset", "mnist")
         x, y = data.load_data(name, "test", data_dir, dev)
     acc, loss = accuracy(market, x, y)
-    result = {"test_accuracy": acc, "test_loss": loss, "dataset": name, "steps": ckpt.optimizer.get("steps")}
-    print(json.dumps(result) if json_out else f"{name} test accuracy {acc:.2f}% (loss {loss:.4f})")
+    averaged = saved.get("average")
+    result = {"test_accuracy": acc, "test_loss": loss, "dataset": name, "steps": ckpt.optimizer.get("steps"),
+              **({"averaged_over_steps": averaged} if averaged else {})}
+    weights = f" (weights averaged over about {averaged:,} steps)" if averaged else ""
+    print(json.dumps(result) if json_out else f"{name} test accuracy {acc:.2f}%{weights} (loss {loss:.4f})")
