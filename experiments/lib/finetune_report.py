@@ -92,8 +92,8 @@ def plot_curves(path: Path, rows: list[dict], args) -> None:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = list(dict.fromkeys(m for t in TASKS.values() for m in t.methods))
-    color = {m: f"C{i}" for i, m in enumerate(methods)}  # one colour per method in every panel
+    methods = list(dict.fromkeys(m for t in TASKS.values() for m in (*t.methods, *t.screens)))
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}  # one colour per method in every panel
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(4.2 * max(1, len(tasks)), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r["task"] == task):

@@ -168,3 +168,11 @@ def test_backprop_over_the_partial_numbers_trains_what_the_partial_market_pertur
     step(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
     moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert moved and moved == {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_study_of_screens_alone_writes_its_report_and_plot(small_data, tmp_path, capsys):
+    out = tmp_path / "screens"
+    report = main(["--tiny", "--tasks", "inverted", "--methods", "backprop,backprop-partial,v2-partial-adam",
+                   "--data-dir", str(small_data), "--out", str(out)])
+    assert [r["method"] for r in report["runs"]] == ["backprop", "v2-partial-adam", "backprop-partial"]
+    assert (out / "finetune.png").stat().st_size > 0 and "backprop-partial" in (out / "finetune.md").read_text()
