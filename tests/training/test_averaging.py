@@ -38,7 +38,10 @@ def test_averaging_leaves_the_training_unchanged_and_scores_the_average(small_da
     assert_same_weights(plain.market.state_dict(), averaged.market.state_dict())  # the market steps as before
     assert summary["averaged_over_steps"] == 3
     assert "weights averaged over about 3 steps" in final_line(summary)
-    assert "scoring the weights averaged over about 3 steps" in market_line(averaged.config, averaged.market)
+    line = market_line(averaged.config, averaged.market)
+    assert "scoring the weights averaged over about 3 steps" in line and "leans on the first weights" not in line
+    longer = config(small_data, vendors=(2, 2, 2), steps=4, average=1000)
+    assert "more than the run's 4: the average leans on the first weights" in market_line(longer, averaged.market)
 
 
 def test_resume_continues_the_average_exactly_and_inference_loads_it(small_data, tmp_path):

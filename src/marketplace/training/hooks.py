@@ -55,7 +55,10 @@ def market_line(config: TrainConfig, market, start_step: int = 0) -> str:
     text += f"{config.algorithm} on {config.data or config.dataset}" + (f", {where}" if where is not None else "")
     frozen = getattr(market, "frozen_parameters", 0)
     text += f", {frozen:,} parameters frozen" if frozen else ""
-    text += f", scoring the weights averaged over about {config.average:,} steps" if config.average else ""
+    if config.average:
+        text += f", scoring the weights averaged over about {config.average:,} steps"
+        if config.steps is not None and config.steps < config.average:  # the average would still lag far behind
+            text += f" (more than the run's {config.steps:,}: the average leans on the first weights)"
     return text + (f", resumed at step {start_step}" if start_step else "")
 
 
