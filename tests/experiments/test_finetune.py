@@ -176,3 +176,4 @@ def test_a_study_of_screens_alone_writes_its_report_and_plot(small_data, tmp_pat
                    "--data-dir", str(small_data), "--out", str(out)])
     assert [r["method"] for r in report["runs"]] == ["backprop", "v2-partial-adam", "backprop-partial"]
     assert (out / "finetune.png").stat().st_size > 0 and "backprop-partial" in (out / "finetune.md").read_text()
+    assert "backprop-partial: Adam lr 0.001 on the biases, norms and the head only." in (out / "finetune.md").read_text()

@@ -39,5 +39,5 @@ def pop_average(state: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def averaged_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The averaged model's own weights (its `state_dict` keys) from a checkpoint's optimizer section; {} if none."""
-    found = pop_average(dict(state))
-    return {k[len("module."):]: v for k, v in found.items() if k.startswith("module.")}
+    prefix = AVERAGE + "module/"
+    return {k[len(prefix):].replace("/", "."): v for k, v in state.items() if k.startswith(prefix)}

@@ -188,10 +188,10 @@ class Trainer:
         optimizer = dict(state["optimizer"])
         averaged = pop_average(optimizer)
         self.optimizer.load_state_dict(optimizer)
-        if self.averaged is not None:  # the saved average, or one starting at the loaded weights (older checkpoints)
+        if self.averaged is not None and averaged:
+            self.averaged.load_state_dict({k: v.to(self.device) for k, v in averaged.items()})
+        elif self.averaged is not None:  # a checkpoint from before the run kept one: it starts at the loaded weights
             self.averaged = weight_average(self.market, self.config.average)
-            if averaged:
-                self.averaged.load_state_dict({k: v.to(self.device) for k, v in averaged.items()})
         self.seconds_before, self.test_accuracy = state["seconds"], state["test_accuracy"]
         return True
 
