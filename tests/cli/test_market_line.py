@@ -105,6 +105,16 @@ def test_the_first_line_names_the_market_trained(monkeypatch, capsys, small_data
     assert len(lines) == 2
 
 
+def test_rates_you_give_are_not_described_as_lowered_and_a_clock_schedule_is_named(monkeypatch, capsys, small_data):
+    code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2,2", "--lr", "0.2,0.2,0.1",
+                             "--schedule", "cosine", "--max-seconds", "0.5", "--batch", "8", "--eval-samples", "100",
+                             "--device", "cpu", "--quiet", "--data-dir", small_data)
+    assert code == 0, err
+    first = out.splitlines()[0]
+    assert "gave the head 128 vendors;" in first and "lower rate" not in first
+    assert "a cosine lr schedule over the 0.5-s budget (it follows the clock: give --steps" in first
+
+
 def test_exact_counts_are_said_plainly(monkeypatch, capsys, small_data):
     code, out, err = run_cli(monkeypatch, capsys, "train", "--vendors", "2,2,2", "--cheap-vendors", "0", *TINY,
                              "--quiet", "--data-dir", small_data)

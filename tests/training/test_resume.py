@@ -87,12 +87,17 @@ def test_resume_after_a_crash_from_a_periodic_checkpoint(small_data, tmp_path):
                  dict(algorithm="adaptive", vendors=(2,), rate_bounds=(0.5, 2)),
                  "rate_bounds=None, not (0.5, 2)", id="rate-bounds"),
     pytest.param(dict(schedule="cosine"), dict(schedule="cosine", steps=6),
-                 "over 1 steps, not 6 (schedule_steps=1 continues it)", id="schedule-horizon"),
+                 "over 1 steps, not 6 steps (schedule_steps=1 continues it)", id="schedule-horizon"),
+    pytest.param(dict(schedule="cosine", steps=None, max_seconds=0.2), dict(schedule="cosine", steps=None, max_seconds=9),
+                 "over 0.2 s on the clock, not 9 s on the clock (max_seconds=0.2 without steps continues it)",
+                 id="clock-horizon"),
+    pytest.param(dict(schedule="cosine", steps=None, max_seconds=0.2), dict(schedule="cosine", steps=6),
+                 "over 0.2 s on the clock, not 6 steps", id="clock-to-steps"),
 ])
 def test_resume_with_other_settings_is_refused_in_one_line(small_data, tmp_path, saved, given, hint):
     """A checkpoint restores the optimizer's rates: a setting that differs would be overridden silently."""
     ckpt = tmp_path / "run.safetensors"
-    Trainer(config(small_data, steps=1, checkpoint=str(ckpt), **saved)).run()
+    Trainer(config(small_data, **{"steps": 1, "checkpoint": str(ckpt), **saved})).run()
     with pytest.raises(MarketplaceError) as info:
         Trainer(config(small_data, checkpoint=str(ckpt), resume=True, **given))
     message = str(info.value)

@@ -11,7 +11,7 @@ from marketplace.errors import MarketplaceError
 from marketplace.optim import V2, TorchMarketOptimizer
 from marketplace.training import TrainConfig, Trainer, load_checkpoint
 from marketplace.training.cheap_vendors import cheap_vendors, step_flops
-from marketplace.training.schedules import schedule_factor
+from marketplace.training.schedules import Schedule, clock_schedule, schedule_factor
 
 pytestmark = pytest.mark.usefixtures("small_data")
 
@@ -31,6 +31,26 @@ def test_schedule_shapes():
     assert [schedule_factor("step", t, 8) for t in (3, 4, 6)] == pytest.approx([1, 0.1, 0.01])
     assert [schedule_factor("warmup-cosine", t, 10, warmup=2) for t in (0, 1, 2)] == pytest.approx([0.5, 1, 1])
     assert schedule_factor("warmup-cosine", 6, 10, warmup=2) == pytest.approx(0.5)
+
+
+def test_a_schedule_on_the_clock_follows_the_seconds_not_the_steps():
+    clock = Schedule("cosine", None, decay=0.1, floor=0.1, seconds=60.0)
+    assert clock(3) == pytest.approx(0.9 ** 3)  # now = 0: the full rate, times V2's decay per step
+    clock.now = 30.0
+    assert clock(0) == pytest.approx(0.55) and clock(1000) == pytest.approx(0.55 * 0.9 ** 1000)
+    clock.now = 90.0
+    assert clock(0) == pytest.approx(0.1)  # past the budget: the end value
+    assert Schedule("constant", None, seconds=60.0, now=30.0)(0) == 1.0
+
+
+def test_a_max_seconds_run_anneals_over_its_budget(small_data):
+    trainer = Trainer(config(small_data, schedule="cosine", steps=None, max_seconds=1.0, lr=0.2, decay=0.0))
+    assert trainer.clock is clock_schedule(trainer.optimizer) and trainer.clock.seconds == 1.0
+    assert trainer.optimizer.lr[0] == pytest.approx(0.2)
+    trainer.run()
+    assert trainer.clock.now >= 1.0 and trainer.optimizer.steps > 1
+    assert trainer.optimizer.lr[0] < 0.05 * 0.2  # the last rates were computed near the end of the budget
+    assert Trainer(config(small_data, schedule="cosine", steps=None, max_seconds=1.0, schedule_steps=5)).clock is None
 
 
 def test_plain_sgd_is_v2_and_options_switch_to_torch(small_data):
@@ -108,7 +128,7 @@ def test_resuming_with_another_optimizer_is_refused(small_data, tmp_path):
     (dict(attribution="median"), "attribution"),
     (dict(direction="up"), "direction"),
     (dict(algorithm="v1", optimizer="adam"), "v2 only"),
-    (dict(schedule="cosine", steps=None, max_seconds=5.0), "horizon"),
+    (dict(schedule="warmup-cosine", warmup=2, steps=None, max_seconds=5.0), "warmup in steps"),
     (dict(schedule="warmup-cosine", warmup=0), "warmup"),
     (dict(momentum=1.0), "momentum"),
     (dict(probe_width=0.0), "probe_width"),

@@ -49,8 +49,8 @@ def train(
     weight_decay: float = option(D, "weight_decay", "v2: the torch optimizer's weight decay (decoupled for adamw)"),
     schedule: str = option(D, "schedule", "v2: lr schedule: constant, cosine, step (x0.1 at 1/2 and 3/4) or "
                            "warmup-cosine"),
-    schedule_steps: Optional[int] = option(D, "schedule_steps", "the schedule's horizon (default: --steps); past it "
-                                           "the lr stays at its end value"),
+    schedule_steps: Optional[int] = option(D, "schedule_steps", "the schedule's horizon (default: --steps, else "
+                                           "--max-seconds on the clock); past it the lr stays at its end value"),
     warmup: int = option(D, "warmup", "warmup-cosine: steps of linear warmup"),
     min_lr: float = option(D, "min_lr", "cosine: the final lr as a fraction of --lr"),
     probe_width: Optional[float] = option(D, "probe_width", "v2: fixed probe width instead of lr * probe_scale "

@@ -96,7 +96,8 @@ def build_torch_v2(config: TrainConfig, market: Market, lr: float | Sequence[flo
     """V2's estimate under the configured torch optimizer and lr schedule."""
     optimizer = build_torch_optimizer(config.optimizer, market, lr, config.momentum, config.weight_decay,
                                       config.nesterov)
-    schedule = Schedule(config.schedule, config.horizon(), config.warmup, config.decay, config.min_lr)
+    schedule = Schedule(config.schedule, config.horizon(), config.warmup, config.decay, config.min_lr,
+                        seconds=config.clock_horizon())
     estimator = ForwardGradient(market, optimizer, probe_scale=config.probe_scale, probe_width=config.probe_width,
                                 seed=config.seed, attribution=config.attribution, direction=config.direction,
                                 per_spec=config.per_spec, antithetic=config.antithetic,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ class TrainConfig:
         """The step at which the lr schedule ends: schedule_steps, else steps."""
         return self.schedule_steps if self.schedule_steps is not None else self.steps
 
+    def clock_horizon(self) -> float | None:
+        """The seconds over which the lr schedule runs when no step count ends it: max_seconds, else None."""
+        return self.max_seconds if self.schedule != "constant" and self.horizon() is None else None
+
     def resume_differences(self, saved: dict) -> list[str]:
         """How this run's settings differ from `saved`, a checkpoint's config: ["name=saved, not ours", ...].
 
@@ -103,10 +108,12 @@ class TrainConfig:
             if plain(mine) != plain(theirs):
                 out.append(f"{name}={theirs!r}, not {mine!r}")
         if self.schedule != "constant" and saved.get("schedule") == self.schedule:
-            horizon = saved.get("schedule_steps") or saved.get("steps")
-            if horizon is not None and horizon != self.horizon():
-                out.append(f"a {self.schedule} schedule over {horizon} steps, not {self.horizon()} "
-                           f"(schedule_steps={horizon} continues it)")
+            theirs, mine = _schedule_span(saved), _schedule_span(dataclasses.asdict(self))
+            if theirs != mine:
+                steps = saved.get("schedule_steps") or saved.get("steps")
+                how = (f"schedule_steps={steps} continues it" if steps is not None
+                       else f"max_seconds={saved.get('max_seconds'):g} without steps continues it")
+                out.append(f"a {self.schedule} schedule over {theirs}, not {mine} ({how})")
         return out
 
     def validate(self) -> None:
@@ -196,9 +203,15 @@ class TrainConfig:
                 checks.positive(name, getattr(self, name))
         if self.warmup < 0 or (self.schedule_steps is not None and self.schedule_steps < 1):
             raise checks.fail("warmup must be >= 0 and schedule_steps >= 1", "warmup", "schedule_steps")
-        if self.schedule != "constant" and self.horizon() is None:
-            raise checks.fail(f"schedule {self.schedule} needs a horizon: give steps or schedule_steps",
-                              "schedule", "steps", "schedule_steps")
+        if self.schedule == "warmup-cosine" and self.horizon() is None:
+            raise checks.fail("schedule warmup-cosine counts its warmup in steps: give steps or schedule_steps "
+                              "(a cosine without warmup can end on the clock)", "schedule", "steps", "schedule_steps")
         if self.schedule == "warmup-cosine" and not 0 < self.warmup < self.horizon():
             raise checks.fail(f"schedule warmup-cosine needs 0 < warmup < the horizon "
                               f"({self.horizon()} steps), got {self.warmup}", "schedule", "warmup")
+
+
+def _schedule_span(config: dict) -> str:
+    """What a schedule of this config (a checkpoint's, as a dict) ends on: "2600 steps" or "600 s on the clock"."""
+    steps = config.get("schedule_steps") or config.get("steps")
+    return f"{steps} steps" if steps is not None else f"{config.get('max_seconds'):g} s on the clock"

@@ -50,11 +50,15 @@ def market_line(config: TrainConfig, market, start_step: int = 0) -> str:
         return f"{config.algorithm} on {config.data or config.dataset}"
     paths = getattr(market, "num_paths", None)
     where = getattr(market, "device", None)
-    text = f"market {describe_market(config.vendors, counts, config.cheap_vendors, default_rates(config, counts))}: "
+    rates = default_rates(config, counts) if config.lr is None else None  # yours are not described as lowered
+    text = f"market {describe_market(config.vendors, counts, config.cheap_vendors, rates)}: "
     text += f"{paths:,} paths, " if isinstance(paths, int) else ""
     text += f"{config.algorithm} on {config.data or config.dataset}" + (f", {where}" if where is not None else "")
     frozen = getattr(market, "frozen_parameters", 0)
     text += f", {frozen:,} parameters frozen" if frozen else ""
+    if config.clock_horizon() is not None:
+        text += (f", a {config.schedule} lr schedule over the {config.max_seconds:g}-s budget "
+                 "(it follows the clock: give --steps for a run that repeats exactly)")
     if config.average:
         text += f", scoring the weights averaged over about {config.average:,} steps"
         if config.steps is not None and config.steps < config.average:  # the average would still lag far behind

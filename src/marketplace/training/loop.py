@@ -29,6 +29,7 @@ from .build import build_market, build_optimizer, data_shape, load_training_data
 from .checkpoint import check_resume, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .hooks import Hook, StepRate
+from .schedules import clock_schedule
 
 Axis = Union[DataAxis, ReplicaAxis]
 
@@ -132,6 +133,7 @@ class Trainer:
         self.x_test, self.y_test = x_test[: cfg.eval_samples], y_test[: cfg.eval_samples]
         self.x_test_full, self.y_test_full = x_test, y_test
         self.optimizer = build_optimizer(cfg, self.market)
+        self.clock = clock_schedule(self.optimizer)  # a schedule over --max-seconds follows rank 0's clock
         self.axis.check(self.optimizer, cfg.batch)
         self.averaged = weight_average(self.market, cfg.average) if cfg.average else None
         self.seconds_before = 0.0  # training time of earlier runs resumed from
@@ -263,14 +265,19 @@ class Trainer:
         return summary
 
     def _done(self, seconds: float) -> bool:
-        """After --steps, or when rank 0's clock passes --max-seconds (sent to all: the ranks must agree)."""
+        """After --steps, or when rank 0's clock passes --max-seconds (sent to all: the ranks must agree).
+
+        A schedule on the clock is moved to the same seconds, so every rank steps at the same rate.
+        """
         cfg = self.config
         if cfg.steps is not None and self.optimizer.steps >= cfg.steps:
             return True
         if cfg.max_seconds is None:
             return False
-        flag = torch.tensor([seconds >= cfg.max_seconds], dtype=torch.uint8)
-        return bool(self.comm.broadcast(flag, "control")[0])
+        seconds = float(self.comm.broadcast(torch.tensor([seconds], dtype=torch.float64), "control")[0])
+        if self.clock is not None:
+            self.clock.now = seconds
+        return seconds >= cfg.max_seconds
 
     def summary(self, test_loss: float, seconds: float, steps_run: int) -> dict[str, Any]:
         """The run's results; the vendors are the counts trained, after cheap_vendors."""

@@ -1,10 +1,13 @@
 """The torch optimizer and lr schedule of a V2 run, built from a TrainConfig by name.
 
-Every schedule is a pure function of the step, so the rate of step t is the
-same in a resumed run as in one never interrupted. Schedules that end (all
-but "constant") need a horizon: `--schedule-steps`, else `--steps`; a run
-that goes past it (a `--max-seconds` run on a fast machine) stays at the
-schedule's final value.
+Every schedule with a horizon in steps is a pure function of the step, so the
+rate of step t is the same in a resumed run as in one never interrupted.
+Schedules that end (all but "constant") take their horizon from
+`--schedule-steps`, else `--steps`, and a run that goes past it stays at the
+schedule's final value. A run limited only by `--max-seconds` has no step
+count to end on: its schedule follows the clock instead (`Schedule.seconds`),
+ending with the time budget, and two runs of one seed part as soon as their
+clocks differ.
 """
 
 from __future__ import annotations
@@ -30,32 +33,51 @@ def schedule_factor(name: str, step: int, horizon: int | None, warmup: int = 0, 
     1/warmup up to 1 over `warmup` steps, then cosine; step: x0.1 at half
     and again at three quarters of the horizon; constant: 1.
     """
-    shape = 1.0
-    if name != "constant":
-        t = min(step, horizon)
-        if name == "step":
-            shape = 0.1 ** ((t >= horizon // 2) + (t >= 3 * horizon // 4))
-        elif name == "warmup-cosine" and t < warmup:
-            shape = (t + 1) / warmup
-        else:
-            start = warmup if name == "warmup-cosine" else 0
-            u = (t - start) / max(horizon - start, 1)
-            shape = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
+    shape = 1.0 if name == "constant" else schedule_shape(name, min(step, horizon), horizon, warmup, floor)
     return shape * (1.0 - decay) ** step
+
+
+def schedule_shape(name: str, t: float, horizon: float, warmup: int = 0, floor: float = 0.0) -> float:
+    """The named shape at t of horizon (0 <= t <= horizon, both in steps or both in seconds)."""
+    if name == "step":
+        return 0.1 ** ((t >= horizon // 2) + (t >= 3 * horizon // 4))
+    if name == "warmup-cosine" and t < warmup:
+        return (t + 1) / warmup
+    start = warmup if name == "warmup-cosine" else 0
+    u = (t - start) / max(horizon - start, 1)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
 
 
 @dataclass
 class Schedule:
-    """`schedule_factor` as the callable of a LambdaLR (a dataclass, so its state_dict holds the settings)."""
+    """`schedule_factor` as the callable of a LambdaLR (a dataclass, so its state_dict holds the settings).
+
+    seconds: a horizon on the clock instead of in steps; the shape then
+    follows `now`, the run's training seconds, which its loop sets before
+    every step (the rate of the next step is computed at the end of this one).
+    """
 
     name: str
     horizon: int | None
     warmup: int = 0
     decay: float = 0.0
     floor: float = 0.0
+    seconds: float | None = None
+    now: float = 0.0
 
     def __call__(self, step: int) -> float:
-        return schedule_factor(self.name, step, self.horizon, self.warmup, self.decay, self.floor)
+        if self.seconds is None or self.name == "constant":
+            return schedule_factor(self.name, step, self.horizon, self.warmup, self.decay, self.floor)
+        shape = schedule_shape(self.name, min(self.now, self.seconds), self.seconds, 0, self.floor)
+        return shape * (1.0 - self.decay) ** step
+
+
+def clock_schedule(optimizer) -> Schedule | None:
+    """The schedule of a market optimizer when it follows the clock, else None."""
+    for schedule in getattr(getattr(optimizer, "scheduler", None), "lr_lambdas", ()):
+        if isinstance(schedule, Schedule) and schedule.seconds is not None:
+            return schedule
+    return None
 
 
 def spec_param_groups(market: Market, lr: float | Sequence[float]) -> list[dict]:
