@@ -8,10 +8,10 @@ Fine-tuning is where training without a backward pass looks most plausible:
 the base is already good, the change it needs is small, and nothing has to
 be stored for a backward pass. This measures it on one CPU thread.
 
-Bases, trained by backprop (Adam) for --pretrain-steps and saved under --out
-as safetensors with their settings: a ResNet-8 (models/resnet.py, GroupNorm,
-4 specs: stem + block 1, block 2, block 3, head) on Fashion-MNIST classes
-0-8 with ten outputs (class 9 is never seen: its output is only pushed
+Bases, trained by backprop (Adam at --pretrain-lr) for --pretrain-steps and
+saved under --out as safetensors with their settings: a ResNet-8
+(models/resnet.py, GroupNorm, 4 specs: stem + block 1, block 2, block 3,
+head) on Fashion-MNIST classes 0-8 with ten outputs (class 9 is never seen: its output is only pushed
 down), and a
 `TransformerEncoder` classifier reading an MNIST image as 28 rows of 28
 features (specs: row embedding with learned positions, each encoder layer,
@@ -43,8 +43,9 @@ them (ResNet tasks): `v2-partial-adam`, the partial market's estimate (V2's
 unit direction per spec) stepped by Adam at --estimate-adam-lr through the
 torch.optim bridge, its probes as wide as V2's at its starting rate, both
 decaying with --lr-decay; and `backprop-partial`, Adam on the numbers the
-partial market perturbs (the rest frozen), a control for how much of
-backprop's gain those numbers can hold at all.
+partial market perturbs (the rest frozen, at --partial-adam-lr, else
+--adam-lr), a control for how much of backprop's gain those numbers can
+hold at all.
 The defaults come from screens (results/finetune/screen/): a 2x2x2x16
 market, since the head's vendors are the cheapest (the blocks run 2 + 4 +
 8 times per step whatever the head's count) and sixteen of them add about
@@ -143,7 +144,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"backprop's batch, bases and fine-tuning (default {FULL['batch']})")
     p.add_argument("--market-batch", type=int, default=None, help=f"V2's batch (default {FULL['market_batch']})")
     p.add_argument("--vendors", default=None, help=f"vendors per spec, 4 specs (default {FULL['vendors']})")
-    p.add_argument("--adam-lr", type=float, default=1e-3)
+    p.add_argument("--pretrain-lr", type=float, default=1e-3, help="Adam's rate for the bases")
+    p.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's rate for backprop fine-tuning")
+    p.add_argument("--partial-adam-lr", type=float, default=None,
+                   help="Adam's rate for backprop-partial (default --adam-lr)")
     p.add_argument("--v2-lr", type=rates, default=0.3, help="V2's rate: one, or one per spec (4 specs)")
     p.add_argument("--partial-lr", type=rates, default=0.3, help="V2's rate when only part of the model is "
                                                                   "perturbed (v2-partial, v2-ends, v2-tail)")

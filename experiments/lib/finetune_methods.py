@@ -52,6 +52,12 @@ def v2_rate(method: str, args) -> float | list[float]:
     return rate[0] if isinstance(rate, (list, tuple)) and len(rate) == 1 else rate
 
 
+def adam_rate(method: str, args) -> float:
+    """Backprop's Adam rate: --partial-adam-lr for backprop-partial when given, else --adam-lr."""
+    partial = getattr(args, "partial_adam_lr", None)
+    return partial if method == BACKPROP_PARTIAL and partial is not None else args.adam_lr
+
+
 def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
     common = {"task": task, "method": method, "seconds": args.seconds, "evals": args.evals,
               "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
@@ -60,7 +66,7 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
     if method == BACKPROP_PARTIAL:
-        return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch,
+        return {**common, "optimizer": "adam", "lr": adam_rate(method, args), "batch": args.batch,
                 "trainable": TRAINABLE[method]}
     if method == PARTIAL_ADAM:
         return {**common, "optimizer": "v2-estimate+adam", "lr": args.estimate_adam_lr,
@@ -92,11 +98,12 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
         freeze_all_but_biases_norms_and_head(specs)
     if rank is None:
         model = nn.Sequential(*specs).train()
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.adam_lr)
+        lr = adam_rate(method, args)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
         def step(x, y, scale=1.0):
             for group in opt.param_groups:
-                group["lr"] = args.adam_lr * scale
+                group["lr"] = lr * scale
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()

@@ -134,7 +134,7 @@ def base_settings(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     dataset, classes = BASES[kind]
     arch = {"model": "resnet8 (GroupNorm)"} if kind == "resnet" else {"model": "transformer", **TRANSFORMER}
     return {**arch, "dataset": dataset, "classes": list(classes), "outputs": 10, "optimizer": "adam",
-            "steps": args.pretrain_steps, "batch": args.batch, "lr": args.adam_lr, "seed": args.seed}
+            "steps": args.pretrain_steps, "batch": args.batch, "lr": args.pretrain_lr, "seed": args.seed}
 
 
 def differences(saved: dict, wanted: dict) -> list[str]:
@@ -162,7 +162,7 @@ def make_base(kind: str, path: Path, settings: dict, data: Data, args) -> dict:
     dataset, classes = BASES[kind]
     d = data.task(dataset, classes, False, args.test_images)
     model, _ = build_base(kind, args.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=args.adam_lr)
+    opt = torch.optim.Adam(model.parameters(), lr=args.pretrain_lr)
     model.train()
     start, every = time.perf_counter(), max(1, args.pretrain_steps // 5)
     for step in range(args.pretrain_steps):

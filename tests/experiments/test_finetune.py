@@ -161,6 +161,9 @@ def test_backprop_over_the_partial_numbers_trains_what_the_partial_market_pertur
     args = SimpleNamespace(vendor_counts=[2, 2, 2, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0,
                            adam_lr=1e-3, batch=4, seconds=1.0, evals=1, test_images=10, threads=1, lr_decay=1.0)
     assert run_settings("inverted", "backprop-partial", {}, args)["trainable"] == "biases, norms and the head"
+    args.partial_adam_lr = 0.01  # its own rate, the whole-model backprop keeping --adam-lr
+    assert [run_settings("inverted", m, {}, args)["lr"] for m in ("backprop-partial", "backprop")] == [0.01, 1e-3]
+    args.partial_adam_lr = None
     step, model, extra = build_method("backprop-partial", build_base("resnet", 0)[1](), args)
     partial = build_method("v2-partial", build_base("resnet", 0)[1](), args)[2]
     assert extra["trained_parameters"] == partial["perturbed_parameters"]
@@ -173,7 +176,9 @@ def test_backprop_over_the_partial_numbers_trains_what_the_partial_market_pertur
 def test_a_study_of_screens_alone_writes_its_report_and_plot(small_data, tmp_path, capsys):
     out = tmp_path / "screens"
     report = main(["--tiny", "--tasks", "inverted", "--methods", "backprop,backprop-partial,v2-partial-adam",
-                   "--data-dir", str(small_data), "--out", str(out)])
+                   "--partial-adam-lr", "0.003", "--data-dir", str(small_data), "--out", str(out)])
     assert [r["method"] for r in report["runs"]] == ["backprop", "v2-partial-adam", "backprop-partial"]
     assert (out / "finetune.png").stat().st_size > 0 and "backprop-partial" in (out / "finetune.md").read_text()
-    assert "backprop-partial: Adam lr 0.001 on the biases, norms and the head only." in (out / "finetune.md").read_text()
+    text = (out / "finetune.md").read_text()
+    assert "backprop-partial: Adam lr 0.003 on the biases, norms and the head only." in text
+    assert "Backprop: Adam lr 0.001" in text
