@@ -125,8 +125,8 @@ def rates(text: str) -> float | list[float]:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"takes a rate or one per spec, like 0.3 or 0.3,0.3,0.3,0.15: {text!r}")
-    if len(values) not in (1, 4) or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"takes one positive rate or 4 (one per spec), got {text!r}")
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"takes positive rates, got {text!r}")
     return values[0] if len(values) == 1 else values
 
 
@@ -143,12 +143,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None,
                    help=f"backprop's batch, bases and fine-tuning (default {FULL['batch']})")
     p.add_argument("--market-batch", type=int, default=None, help=f"V2's batch (default {FULL['market_batch']})")
-    p.add_argument("--vendors", default=None, help=f"vendors per spec, 4 specs (default {FULL['vendors']})")
+    p.add_argument("--vendors", default=None, help=f"vendors per spec (default {FULL['vendors']})")
+    p.add_argument("--resnet-specs", type=int, default=4,
+                   help="specs the ResNet is cut into, 1 to 5 (5: the stem alone); the transformer has 4")
     p.add_argument("--pretrain-lr", type=float, default=1e-3, help="Adam's rate for the bases")
     p.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's rate for backprop fine-tuning")
     p.add_argument("--partial-adam-lr", type=float, default=None,
                    help="Adam's rate for backprop-partial (default --adam-lr)")
-    p.add_argument("--v2-lr", type=rates, default=0.3, help="V2's rate: one, or one per spec (4 specs)")
+    p.add_argument("--v2-lr", type=rates, default=0.3, help="V2's rate: one, or one per spec")
     p.add_argument("--partial-lr", type=rates, default=0.3, help="V2's rate when only part of the model is "
                                                                   "perturbed (v2-partial, v2-ends, v2-tail)")
     p.add_argument("--estimate-adam-lr", type=float, default=0.01,
@@ -182,8 +184,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.vendor_counts = [int(v) for v in args.vendors.split(",")]
     except ValueError:
         p.error(f"--vendors takes comma-separated integers, got {args.vendors!r}")
-    if len(args.vendor_counts) != 4 or min(args.vendor_counts) < 1:
-        p.error(f"--vendors needs 4 positive counts (both models have 4 specs), got {args.vendors!r}")
+    kinds = {TASKS[t].base for t in args.task_names}
+    if not 1 <= args.resnet_specs <= 5 or (args.resnet_specs != 4 and "transformer" in kinds):
+        p.error(f"--resnet-specs takes 1 to 5, and only for the ResNet tasks (the transformer has 4 specs), "
+                f"got {args.resnet_specs}")
+    specs = args.resnet_specs if kinds == {"resnet"} else 4
+    if len(args.vendor_counts) != specs or min(args.vendor_counts) < 1:
+        p.error(f"--vendors needs {specs} positive counts, one per spec, got {args.vendors!r}")
+    for name in ("v2_lr", "partial_lr"):
+        value = getattr(args, name)
+        if isinstance(value, list) and len(value) != specs:
+            p.error(f"--{name.replace('_', '-')} takes one rate or {specs} (one per spec), got {len(value)}")
     if args.seconds <= 0 or args.evals < 1 or args.pretrain_steps < 0:
         p.error("--seconds must be > 0, --evals >= 1 and --pretrain-steps >= 0")
     if not 0 < args.lr_decay <= 1:
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"[{task}] {m}: read back ({done[task, m]['result']['after']:.2f}%)", flush=True)
             continue
         d = data.task(spec.dataset, spec.classes, spec.invert, args.test_images)
-        base_model = nn.Sequential(*load_specs(spec.base, paths[spec.base], args.seed))
+        base_model = nn.Sequential(*load_specs(spec.base, paths[spec.base], args.seed, args.resnet_specs))
         before = accuracy(base_model, d["x_test"], d["y_test"], batch=500)[0]
         print(f"[{task}] base: {before:.2f}% on {len(d['x_test'])} test images", flush=True)
         for method in methods:

@@ -26,7 +26,7 @@ from marketplace.optim.checks import check_per_spec
 from marketplace.specs import freeze_all_but_biases_norms_and_head
 from marketplace.training import accuracy, batch_indices
 
-from experiments.lib.finetune_models import load_specs
+from experiments.lib.finetune_models import TASKS, load_specs
 
 
 PARTIAL = "v2-partial"  # dense vendors over the biases, the norms and the head only; the rest frozen
@@ -52,6 +52,11 @@ def v2_rate(method: str, args) -> float | list[float]:
     return rate[0] if isinstance(rate, (list, tuple)) and len(rate) == 1 else rate
 
 
+def resnet_specs(args) -> int:
+    """How many specs the ResNet is cut into (--resnet-specs; 4 for settings saved before it)."""
+    return getattr(args, "resnet_specs", 4)
+
+
 def adam_rate(method: str, args) -> float:
     """Backprop's Adam rate: --partial-adam-lr for backprop-partial when given, else --adam-lr."""
     partial = getattr(args, "partial_adam_lr", None)
@@ -63,6 +68,8 @@ def run_settings(task: str, method: str, base: dict, args) -> dict[str, Any]:
               "test_images": args.test_images, "seed": args.seed, "threads": args.threads, "base": base}
     if args.lr_decay != 1.0:  # absent when constant, so runs saved before the setting still match
         common["lr_decay"] = args.lr_decay
+    if resnet_specs(args) != 4 and TASKS[task].base == "resnet":  # likewise absent at the usual cut
+        common["resnet_specs"] = resnet_specs(args)
     if method == "backprop":
         return {**common, "optimizer": "adam", "lr": args.adam_lr, "batch": args.batch}
     if method == BACKPROP_PARTIAL:
@@ -191,7 +198,7 @@ def finetune(task: str, method: str, kind: str, base_path: Path, d: dict, before
     rank = rank_of(method)
     batch = args.batch if rank is None else args.market_batch
     first = batch_indices(args.seed, 0, len(x), batch)
-    probe_step, probe_model, _ = build_method(method, load_specs(kind, base_path, args.seed), args)
+    probe_step, probe_model, _ = build_method(method, load_specs(kind, base_path, args.seed, resnet_specs(args)), args)
     weights = sum(p.numel() * p.element_size() for p in probe_model.parameters())
     # One step of a throwaway copy, profiled: its memory, and a warm-up (one-time imports and caches are
     # not charged to the budget).
@@ -200,7 +207,7 @@ def finetune(task: str, method: str, kind: str, base_path: Path, d: dict, before
         print(f"[{task}] {method}: {w}", flush=True)
     del probe_step, probe_model
 
-    step, model, extra = build_method(method, load_specs(kind, base_path, args.seed), args)
+    step, model, extra = build_method(method, load_specs(kind, base_path, args.seed, resnet_specs(args)), args)
     curve = [{"seconds": 0.0, "steps": 0, "accuracy": before}]
     seconds, steps, every = 0.0, 0, args.seconds / args.evals
     next_eval, eval_seconds = every, 0.0

@@ -92,12 +92,15 @@ class RowTransformer(nn.Module):
         return [self.embed, *self.encoder.layers, self.head]
 
 
-def build_base(kind: str, seed: int) -> tuple[nn.Module, Callable[[], list[nn.Module]]]:
-    """A fresh model of `kind` from `seed`, and a function giving its specs (which share its weights)."""
+def build_base(kind: str, seed: int, specs: int = 4) -> tuple[nn.Module, Callable[[], list[nn.Module]]]:
+    """A fresh model of `kind` from `seed`, and a function giving its specs (which share its weights).
+
+    specs: how many the ResNet is cut into (5: the stem alone); the transformer always has 4.
+    """
     torch.manual_seed(seed)
     if kind == "resnet":
         units = resnet_units("resnet8", 1, 10)
-        return nn.Sequential(*units), lambda: [nn.Sequential(*group) for group in split_units(units, 4)]
+        return nn.Sequential(*units), lambda: [nn.Sequential(*group) for group in split_units(units, specs)]
     model = RowTransformer(**TRANSFORMER)
     return model, model.specs
 
@@ -183,8 +186,8 @@ def make_base(kind: str, path: Path, settings: dict, data: Data, args) -> dict:
     return meta
 
 
-def load_specs(kind: str, path: Path, seed: int) -> list[nn.Module]:
-    model, specs = build_base(kind, seed)
+def load_specs(kind: str, path: Path, seed: int, specs: int = 4) -> list[nn.Module]:
+    model, specs = build_base(kind, seed, specs)
     model.load_state_dict(load_checkpoint(path).model)
     return specs()
 

@@ -10,7 +10,7 @@ import torch
 from marketplace.io import atomic_path, write_atomic, write_json
 from marketplace.machine import machine_name
 
-from experiments.lib.finetune_methods import BACKPROP_PARTIAL, PARTIAL_ADAM, TRAINABLE, adam_rate
+from experiments.lib.finetune_methods import BACKPROP_PARTIAL, PARTIAL_ADAM, TRAINABLE, adam_rate, resnet_specs
 from experiments.lib.finetune_models import TASKS
 
 
@@ -46,7 +46,10 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         "",
         f"Machine: {report['machine']}; torch {torch.__version__}. Accuracy on the first {args.test_images} test "
         "images of each task's classes; seconds count training steps only. Backprop: Adam lr "
-        f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market, batch "
+        f"{args.adam_lr:g}, batch {args.batch}. V2: {'x'.join(map(str, args.vendor_counts))} market"
+        + (f" (the ResNet cut into {resnet_specs(args)} specs{', the stem alone' if resnet_specs(args) == 5 else ''})"
+           if resnet_specs(args) != 4 else "")
+        + ", batch "
         f"{args.market_batch}, lr {rate_text(args.v2_lr)} (v2-partial, v2-ends and v2-tail: "
         f"{rate_text(args.partial_lr)}; v2-partial "
         "perturbs only the biases, the norms and the head, v2-ends those and the first layer, v2-tail those and "

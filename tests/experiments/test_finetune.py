@@ -125,6 +125,28 @@ def test_a_rate_per_spec_reaches_the_optimizer_and_a_wrong_count_is_refused():
     assert moved == pytest.approx([0.2, 0.15, 0.1, 0.05], rel=1e-4)  # each spec's rate, times the decay's 0.5
 
 
+def test_the_resnet_can_be_cut_with_its_stem_alone_and_counts_must_match_the_cut():
+    from experiments.finetune import parse
+    from experiments.lib.finetune_methods import run_settings
+    from experiments.lib.finetune_models import build_base
+
+    model, specs = build_base("resnet", 0, 5)
+    five = specs()
+    assert len(five) == 5 and five[0][0] is model[0] and len(five[0]) == 1  # the stem alone, sharing the weights
+    assert sum(p.numel() for s in five for p in s.parameters()) == sum(p.numel() for p in model.parameters())
+    args = parse(["--tasks", "inverted", "--resnet-specs", "5", "--vendors", "2,1,2,2,16",
+                  "--partial-lr", "1.0,0.3,0.3,0.3,0.3"])
+    assert args.vendor_counts == [2, 1, 2, 2, 16] and args.partial_lr == [1.0, 0.3, 0.3, 0.3, 0.3]
+    assert run_settings("inverted", "v2-partial", {}, args)["resnet_specs"] == 5
+    assert "resnet_specs" not in run_settings("inverted", "v2-partial", {}, parse(["--tasks", "inverted"]))
+    for bad in (["--resnet-specs", "5"],  # the transformer's tasks too
+                ["--tasks", "inverted", "--resnet-specs", "5"],  # four vendor counts for five specs
+                ["--tasks", "inverted", "--resnet-specs", "5", "--vendors", "2,1,2,2,16", "--partial-lr", "1,0.3"],
+                ["--tasks", "inverted", "--resnet-specs", "6", "--vendors", "2,2,2,2,2,2"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
+
+
 def test_adam_over_the_partial_estimate_moves_only_the_partial_numbers_each_by_its_rate():
     from types import SimpleNamespace
 
