@@ -11,8 +11,9 @@ be stored for a backward pass. This measures it on one CPU thread.
 Bases, trained by backprop (Adam at --pretrain-lr) for --pretrain-steps and
 saved under --out as safetensors with their settings: a ResNet-8
 (models/resnet.py, GroupNorm, 4 specs: stem + block 1, block 2, block 3,
-head) on Fashion-MNIST classes 0-8 with ten outputs (class 9 is never seen: its output is only pushed
-down), and a
+head; --resnet-specs 5 cuts the stem alone) on Fashion-MNIST classes 0-8
+with ten outputs (class 9 is never seen: its output is only pushed down),
+and a
 `TransformerEncoder` classifier reading an MNIST image as 28 rows of 28
 features (specs: row embedding with learned positions, each encoder layer,
 mean-pool + LayerNorm + linear head) on all ten digits. A rerun reuses a

@@ -198,7 +198,8 @@ def finetune(task: str, method: str, kind: str, base_path: Path, d: dict, before
     rank = rank_of(method)
     batch = args.batch if rank is None else args.market_batch
     first = batch_indices(args.seed, 0, len(x), batch)
-    probe_step, probe_model, _ = build_method(method, load_specs(kind, base_path, args.seed, resnet_specs(args)), args)
+    specs = lambda: load_specs(kind, base_path, args.seed, resnet_specs(args))  # a fresh copy of the base
+    probe_step, probe_model, _ = build_method(method, specs(), args)
     weights = sum(p.numel() * p.element_size() for p in probe_model.parameters())
     # One step of a throwaway copy, profiled: its memory, and a warm-up (one-time imports and caches are
     # not charged to the budget).
@@ -207,7 +208,7 @@ def finetune(task: str, method: str, kind: str, base_path: Path, d: dict, before
         print(f"[{task}] {method}: {w}", flush=True)
     del probe_step, probe_model
 
-    step, model, extra = build_method(method, load_specs(kind, base_path, args.seed, resnet_specs(args)), args)
+    step, model, extra = build_method(method, specs(), args)
     curve = [{"seconds": 0.0, "steps": 0, "accuracy": before}]
     seconds, steps, every = 0.0, 0, args.seconds / args.evals
     next_eval, eval_seconds = every, 0.0

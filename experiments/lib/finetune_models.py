@@ -186,8 +186,8 @@ def make_base(kind: str, path: Path, settings: dict, data: Data, args) -> dict:
     return meta
 
 
-def load_specs(kind: str, path: Path, seed: int, specs: int = 4) -> list[nn.Module]:
-    model, specs = build_base(kind, seed, specs)
+def load_specs(kind: str, path: Path, seed: int, resnet_specs: int = 4) -> list[nn.Module]:
+    model, specs = build_base(kind, seed, resnet_specs)
     model.load_state_dict(load_checkpoint(path).model)
     return specs()
 

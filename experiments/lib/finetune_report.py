@@ -58,7 +58,8 @@ def write_report(out: Path, args, metas: dict, records: list[dict], plot: bool) 
         + (f" v2-partial-adam: the partial market's estimate stepped by Adam lr {args.estimate_adam_lr:g}, "
            "probes as wide as v2-partial's at its start." if any(r["method"] == PARTIAL_ADAM for r in rows)
            else "")
-        + (f" backprop-partial: Adam lr {adam_rate(BACKPROP_PARTIAL, args):g} on the {TRAINABLE[BACKPROP_PARTIAL]} only."
+        + (f" backprop-partial: Adam lr {adam_rate(BACKPROP_PARTIAL, args):g} on the "
+           f"{TRAINABLE[BACKPROP_PARTIAL]} only."
            if any(r["method"] == BACKPROP_PARTIAL for r in rows) else "")
         + (f" Every rate falls geometrically over the {args.seconds:g} s to {args.lr_decay:g} of its start."
            if args.lr_decay != 1 else "")

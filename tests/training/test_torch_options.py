@@ -41,6 +41,8 @@ def test_a_schedule_on_the_clock_follows_the_seconds_not_the_steps():
     clock.now = 90.0
     assert clock(0) == pytest.approx(0.1)  # past the budget: the end value
     assert Schedule("constant", None, seconds=60.0, now=30.0)(0) == 1.0
+    assert Schedule("cosine", None, seconds=0.5, now=0.25)(0) == pytest.approx(0.5)  # budgets under a second too
+    assert [Schedule("step", None, seconds=0.5, now=t)(0) for t in (0.2, 0.3, 0.4)] == pytest.approx([1, 0.1, 0.01])
 
 
 def test_a_max_seconds_run_anneals_over_its_budget(small_data):

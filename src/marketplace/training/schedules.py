@@ -40,11 +40,13 @@ def schedule_factor(name: str, step: int, horizon: int | None, warmup: int = 0, 
 def schedule_shape(name: str, t: float, horizon: float, warmup: int = 0, floor: float = 0.0) -> float:
     """The named shape at t of horizon (0 <= t <= horizon, both in steps or both in seconds)."""
     if name == "step":
-        return 0.1 ** ((t >= horizon // 2) + (t >= 3 * horizon // 4))
+        steps = isinstance(horizon, int)  # in steps the drops fall on whole steps
+        half, three_quarters = (horizon // 2, 3 * horizon // 4) if steps else (horizon / 2, 0.75 * horizon)
+        return 0.1 ** ((t >= half) + (t >= three_quarters))
     if name == "warmup-cosine" and t < warmup:
         return (t + 1) / warmup
     start = warmup if name == "warmup-cosine" else 0
-    u = (t - start) / max(horizon - start, 1)
+    u = (t - start) / (horizon - start) if horizon > start else 1.0
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
 
 
@@ -68,7 +70,7 @@ class Schedule:
     def __call__(self, step: int) -> float:
         if self.seconds is None or self.name == "constant":
             return schedule_factor(self.name, step, self.horizon, self.warmup, self.decay, self.floor)
-        shape = schedule_shape(self.name, min(self.now, self.seconds), self.seconds, 0, self.floor)
+        shape = schedule_shape(self.name, min(self.now, self.seconds), float(self.seconds), 0, self.floor)
         return shape * (1.0 - self.decay) ** step
 
 
