@@ -123,7 +123,8 @@ def build_method(method: str, specs: list[nn.Module], args) -> tuple[Callable, n
         specs[-2].requires_grad_(True)
     market = Market(specs, vendors=args.vendor_counts, rank=rank)
     extra = {"paths": market.num_paths, "lowrank": lowrank_coverage(market),
-             "perturbed_parameters": sum(lay.numel for lay in market.layouts),
+             # a spec with one vendor is never perturbed: its numbers stay where they are
+             "perturbed_parameters": sum(lay.numel for lay, m in zip(market.layouts, market.vendor_counts) if m > 1),
              "frozen_parameters": market.frozen_parameters}
     if method == PARTIAL_ADAM:
         # V2's unit direction per spec as the gradient. Adam gives each number its own step length, so a

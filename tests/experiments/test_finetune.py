@@ -85,7 +85,7 @@ def test_the_ends_and_tail_markets_add_the_first_layer_and_the_spec_before_the_h
     from experiments.lib.finetune_methods import build_method
     from experiments.lib.finetune_models import build_base
 
-    args = SimpleNamespace(vendor_counts=[2, 1, 1, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0)
+    args = SimpleNamespace(vendor_counts=[2, 1, 2, 2], partial_lr=0.3, v2_lr=0.3, probe_scale=0.1, seed=0)
     counts, specs = {}, {}
     for method in ("v2-partial", "v2-ends", "v2-tail"):
         specs[method] = build_base(kind, 0)[1]()
@@ -127,7 +127,7 @@ def test_a_rate_per_spec_reaches_the_optimizer_and_a_wrong_count_is_refused():
 
 def test_the_resnet_can_be_cut_with_its_stem_alone_and_counts_must_match_the_cut():
     from experiments.finetune import parse
-    from experiments.lib.finetune_methods import run_settings
+    from experiments.lib.finetune_methods import build_method, run_settings
     from experiments.lib.finetune_models import build_base
 
     model, specs = build_base("resnet", 0, 5)
@@ -138,6 +138,10 @@ def test_the_resnet_can_be_cut_with_its_stem_alone_and_counts_must_match_the_cut
                   "--partial-lr", "1.0,0.3,0.3,0.3,0.3"])
     assert args.vendor_counts == [2, 1, 2, 2, 16] and args.partial_lr == [1.0, 0.3, 0.3, 0.3, 0.3]
     assert run_settings("inverted", "v2-partial", {}, args)["resnet_specs"] == 5
+    market, extra = build_method("v2-partial", build_base("resnet", 0, 5)[1](), args)[1:]
+    block = sum(p.numel() for p in market.specs[1].parameters() if p.requires_grad)
+    assert block > 0 and extra["perturbed_parameters"] == sum(
+        p.numel() for p in market.parameters() if p.requires_grad) - block  # its one vendor never moves it
     assert "resnet_specs" not in run_settings("inverted", "v2-partial", {}, parse(["--tasks", "inverted"]))
     for bad in (["--resnet-specs", "5"],  # the transformer's tasks too
                 ["--tasks", "inverted", "--resnet-specs", "5"],  # four vendor counts for five specs
