@@ -131,6 +131,17 @@ def rates(text: str) -> float | list[float]:
     return values[0] if len(values) == 1 else values
 
 
+def positive(text: str) -> float:
+    """A rate: a number above zero (argparse names the option in its one-line error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a number, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"takes a positive rate, got {text!r}")
+    return value
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/finetune", help="the bases, runs and report (results/ only when given)")
@@ -147,14 +158,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vendors", default=None, help=f"vendors per spec (default {FULL['vendors']})")
     p.add_argument("--resnet-specs", type=int, default=4,
                    help="specs the ResNet is cut into, 1 to 5 (5: the stem alone); the transformer has 4")
-    p.add_argument("--pretrain-lr", type=float, default=1e-3, help="Adam's rate for the bases")
-    p.add_argument("--adam-lr", type=float, default=1e-3, help="Adam's rate for backprop fine-tuning")
-    p.add_argument("--partial-adam-lr", type=float, default=None,
+    p.add_argument("--pretrain-lr", type=positive, default=1e-3, help="Adam's rate for the bases")
+    p.add_argument("--adam-lr", type=positive, default=1e-3, help="Adam's rate for backprop fine-tuning")
+    p.add_argument("--partial-adam-lr", type=positive, default=None,
                    help="Adam's rate for backprop-partial (default --adam-lr)")
     p.add_argument("--v2-lr", type=rates, default=0.3, help="V2's rate: one, or one per spec")
     p.add_argument("--partial-lr", type=rates, default=0.3, help="V2's rate when only part of the model is "
                                                                   "perturbed (v2-partial, v2-ends, v2-tail)")
-    p.add_argument("--estimate-adam-lr", type=float, default=0.01,
+    p.add_argument("--estimate-adam-lr", type=positive, default=0.01,
                    help="Adam's rate over the partial market's estimate (v2-partial-adam)")
     p.add_argument("--probe-scale", type=float, default=0.1)
     p.add_argument("--lr-decay", type=float, default=0.1,

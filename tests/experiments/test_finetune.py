@@ -146,7 +146,8 @@ def test_the_resnet_can_be_cut_with_its_stem_alone_and_counts_must_match_the_cut
     for bad in (["--resnet-specs", "5"],  # the transformer's tasks too
                 ["--tasks", "inverted", "--resnet-specs", "5"],  # four vendor counts for five specs
                 ["--tasks", "inverted", "--resnet-specs", "5", "--vendors", "2,1,2,2,16", "--partial-lr", "1,0.3"],
-                ["--tasks", "inverted", "--resnet-specs", "6", "--vendors", "2,2,2,2,2,2"]):
+                ["--tasks", "inverted", "--resnet-specs", "6", "--vendors", "2,2,2,2,2,2"],
+                ["--partial-adam-lr", "0"], ["--adam-lr", "-1e-3"], ["--pretrain-lr", "fast"]):
         with pytest.raises(SystemExit):
             parse(bad)
 
